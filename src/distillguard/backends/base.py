@@ -1,0 +1,110 @@
+"""The ``Backend`` protocol: one call for a completion, one for a stream.
+
+The gateway validates an OpenAI request into a ``GenerationRequest``; a backend turns it
+into a ``Completion`` or an async iterator of ``StreamDelta`` followed by one
+``StreamEnd``. Backends never see HTTP; the gateway never sees tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """A validated request, identical for every backend.
+
+    ``messages`` is set for chat requests, ``prompt`` for plain completions.
+    ``watermark`` is chosen by the server (never by a request field): an object with
+    a ``sample_row`` method (see ``distillguard.watermark.base.RowSampler``) or None.
+    ``body`` is the client's JSON body, which the upstream backend forwards.
+    """
+
+    kind: Literal["chat", "completion"]
+    model: str
+    max_tokens: int
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = dataclasses.field(default_factory=list)
+    seed: int | None = None
+    n: int = 1
+    user: str | None = None
+    watermark: Any = None
+    body: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Choice:
+    index: int
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int = 0
+
+
+@dataclasses.dataclass
+class Completion:
+    choices: list[Choice]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclasses.dataclass
+class StreamDelta:
+    """New text for one choice; ``finish_reason`` is set on that choice's last delta."""
+
+    index: int
+    text: str
+    finish_reason: FinishReason | None = None
+
+
+@dataclasses.dataclass
+class StreamEnd:
+    """The last item of every stream: token counts over all choices."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+StreamItem = StreamDelta | StreamEnd
+
+
+class BackendError(Exception):
+    """A backend failure the gateway turns into an OpenAI-shaped error.
+
+    ``status`` is 502 for a failed upstream, 504 for a timeout, 503 when the backend is
+    overloaded or not ready, 400 when the request cannot be served (e.g. prompt too long).
+    """
+
+    def __init__(self, message: str, *, status: int = 502, code: str = "backend_error",
+                 param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.param = param
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Something that generates text for OpenAI-shaped requests."""
+
+    async def start(self) -> None:
+        """Load models, open connection pools. Called once before the first request."""
+
+    async def close(self) -> None:
+        """Release everything ``start`` took. Pending requests end with BackendError."""
+
+    def models(self) -> list[str]:
+        """Public names of the models served, as listed by GET /v1/models."""
+
+    async def complete(self, request: GenerationRequest) -> Completion:
+        """Generate all ``request.n`` choices and return them with token counts."""
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """Yield ``StreamDelta`` items as text is generated, then one ``StreamEnd``."""
