@@ -95,6 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rate_limit_rpm", int, 0, "Requests per minute per key (0: unlimited)."),
     Setting("rate_limit_tpm", int, 0, "Tokens (prompt + completion) per minute per key "
             "(0: unlimited)."),
+    Setting("trust_forwarded_for", bool, False, "Take the client address from the first "
+            "X-Forwarded-For entry (only behind a proxy you run, which sets it)."),
     Setting("retain_prompts", bool, True, "Store prompt text in request events."),
     Setting("store", str, "sqlite", "Event and account store: `sqlite` (in data_dir) or "
             "`postgres` (at `postgres_dsn`)."),
@@ -108,6 +110,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("key_cache_ttl", float, 1.0, "Seconds a key lookup is cached when the store "
             "cannot tell the gateway that keys changed (PostgreSQL)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
+    # --- watermark settings (watermark engineer edits only this block) ---
+    # --- end watermark settings ---
+    # --- local backend settings (local backend engineer edits only this block) ---
+    # --- end local backend settings ---
+    # --- rate limit / upstream settings (upstream engineer edits only this block) ---
+    # --- end rate limit / upstream settings ---
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -1,0 +1,71 @@
+"""``build_app``: the gateway's ASGI app, its routes and its middleware, in one place."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from distillguard.backends.base import Backend
+from distillguard.config import Settings
+from distillguard.gateway import admin, errors, routes
+from distillguard.gateway.middleware import Admission, Authenticate, ErrorsAndEvents
+from distillguard.gateway.state import Gateway
+
+_HTTP_ERRORS: dict[int, type[errors.APIError]] = {
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+}
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    # Starlette raises HTTPException for unknown paths and wrong methods; answer those in
+    # the same OpenAI shape as everything else.
+    assert isinstance(exc, HTTPException)
+    kind = _HTTP_ERRORS.get(exc.status_code, errors.InvalidRequest)
+    message = (f"Unknown path {request.url.path}" if exc.status_code == 404
+               else f"Method {request.method} is not allowed on {request.url.path}"
+               if exc.status_code == 405 else str(exc.detail))
+    api_error = kind(message)
+    api_error.status = exc.status_code
+    raise api_error
+
+
+def build_app(settings: Settings, *, backend: Backend | None = None, store: Any = None,
+              watermark: Any = None) -> Starlette:
+    """The gateway for ``settings``; parts not passed in are built at start-up."""
+    gateway = Gateway(settings, backend=backend, store=store, watermark=watermark)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app_routes = [
+        Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
+        Route("/v1/completions", routes.completions, methods=["POST"]),
+        Route("/v1/models", routes.list_models, methods=["GET"]),
+        Route("/healthz", routes.healthz, methods=["GET"]),
+        Route("/metrics", routes.metrics, methods=["GET"]),
+        *admin.ROUTES,
+    ]
+    # Outermost first: errors and events see everything, including failed auth.
+    middleware = [
+        Middleware(ErrorsAndEvents, gateway=gateway),
+        Middleware(Authenticate, gateway=gateway),
+        Middleware(Admission, gateway=gateway),
+    ]
+    app = Starlette(routes=app_routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_exception})
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,51 @@
+"""Per-request context: what each layer learned, gathered into the request's event."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from distillguard.telemetry.events import RequestEvent
+
+
+class RequestContext:
+    """Filled in as the request moves through the pipeline; becomes one RequestEvent."""
+
+    __slots__ = ("ts", "started", "request_id", "endpoint", "client_addr", "user_agent",
+                 "status", "account", "key_id", "model", "params", "prompt", "prompt_tokens",
+                 "completion_tokens", "stream", "error_type", "error_code", "watermark")
+
+    def __init__(self, endpoint: str, client_addr: str | None, user_agent: str | None) -> None:
+        self.ts = time.time()
+        self.started = time.perf_counter()
+        self.request_id = secrets.token_hex(12)
+        self.endpoint = endpoint
+        self.client_addr = client_addr
+        self.user_agent = user_agent
+        self.status = 0
+        self.account: str | None = None
+        self.key_id: str | None = None
+        self.model: str | None = None
+        self.params: dict[str, Any] = {}
+        self.prompt: str | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.stream = False
+        self.error_type: str | None = None
+        self.error_code: str | None = None
+        self.watermark: dict[str, Any] | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def event(self) -> RequestEvent:
+        return RequestEvent(
+            ts=self.ts, request_id=self.request_id, endpoint=self.endpoint,
+            status=self.status, latency_ms=round(self.elapsed() * 1000.0, 3),
+            account=self.account, key_id=self.key_id, client_addr=self.client_addr,
+            user_agent=self.user_agent, model=self.model, params=self.params,
+            prompt=self.prompt, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens, stream=self.stream,
+            error_type=self.error_type, error_code=self.error_code, watermark=self.watermark,
+        )

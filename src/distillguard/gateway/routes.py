@@ -1,0 +1,231 @@
+"""The OpenAI-compatible endpoints: chat completions, completions, models."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+
+from distillguard.backends.base import (
+    BackendError,
+    Completion,
+    GenerationRequest,
+    StreamDelta,
+    StreamEnd,
+)
+from distillguard.gateway import errors, schema
+from distillguard.gateway.context import RequestContext
+from distillguard.gateway.middleware import context_of
+from distillguard.gateway.state import Gateway
+
+JSON = "application/json"
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=JSON)
+
+
+def gateway_of(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object, refusing bodies over ``limit`` bytes early."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            too_big = int(length) > limit
+        except ValueError:
+            raise errors.InvalidRequest("invalid Content-Length header") from None
+        if too_big:
+            raise errors.PayloadTooLarge(
+                f"request body is {length} bytes, above this server's limit of {limit}")
+    chunks = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise errors.PayloadTooLarge(
+                    f"request body is above this server's limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise errors.InvalidRequest("client disconnected before sending the whole body",
+                                    code="client_disconnected") from None
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise errors.InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        reason = "is not valid UTF-8" if "utf-8" in str(exc).lower() else "is not valid JSON"
+        raise errors.InvalidRequest(f"request body {reason}: {exc}",
+                                    code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidRequest("request body must be a JSON object",
+                                    code="invalid_json")
+    return body
+
+
+def _check_model(gateway: Gateway, request: GenerationRequest) -> None:
+    served = gateway.backend.models()
+    if request.model not in served:
+        raise errors.NotFound(
+            f"The model '{request.model}' does not exist here. Models served: "
+            f"{', '.join(served)}.", param="model", code="model_not_found")
+
+
+def _apply_watermark(gateway: Gateway, ctx: RequestContext, request: GenerationRequest) -> None:
+    # The server alone decides: nothing in the request body reaches this choice.
+    if gateway.watermark is None:
+        return
+    sampler, record = gateway.watermark.sampler_for(ctx.account)
+    request.watermark = sampler
+    ctx.watermark = record
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _chat_body(rid: str, created: int, model: str, result: Completion) -> dict[str, Any]:
+    return {
+        "id": rid, "object": "chat.completion", "created": created, "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": c.index, "finish_reason": c.finish_reason, "logprobs": None,
+                     "message": {"role": "assistant", "content": c.text}}
+                    for c in result.choices],
+        "usage": _usage(result.prompt_tokens, result.completion_tokens),
+    }
+
+
+def _text_body(rid: str, created: int, model: str, result: Completion) -> dict[str, Any]:
+    return {
+        "id": rid, "object": "text_completion", "created": created, "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
+                     "logprobs": None} for c in result.choices],
+        "usage": _usage(result.prompt_tokens, result.completion_tokens),
+    }
+
+
+class _ChunkWriter:
+    """Builds the SSE chunks of one stream in the OpenAI chunk format of its endpoint."""
+
+    def __init__(self, kind: str, rid: str, created: int, model: str) -> None:
+        self.chat = kind == "chat"
+        self.head = {"id": rid, "object": "chat.completion.chunk" if self.chat
+                     else "text_completion", "created": created, "model": model,
+                     "system_fingerprint": None}
+
+    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return b"data: " + orjson.dumps({**self.head, "choices": choices, **extra}) + b"\n\n"
+
+    def opening(self, n: int) -> bytes | None:
+        if not self.chat:
+            return None
+        return self._event([{"index": i, "delta": {"role": "assistant", "content": ""},
+                             "logprobs": None, "finish_reason": None} for i in range(n)])
+
+    def delta(self, item: StreamDelta) -> bytes:
+        if self.chat:
+            delta = {"content": item.text} if item.text else {}
+            choice = {"index": item.index, "delta": delta, "logprobs": None,
+                      "finish_reason": item.finish_reason}
+        else:
+            choice = {"index": item.index, "text": item.text, "logprobs": None,
+                      "finish_reason": item.finish_reason}
+        return self._event([choice])
+
+    def usage(self, end: StreamEnd) -> bytes:
+        return self._event([], usage=_usage(end.prompt_tokens, end.completion_tokens))
+
+
+async def _sse(gateway: Gateway, ctx: RequestContext, request: GenerationRequest,
+               writer: _ChunkWriter, include_usage: bool) -> AsyncIterator[bytes]:
+    opening = writer.opening(request.n)
+    if opening:
+        yield opening
+    stream = gateway.backend.stream(request)
+    try:
+        async for item in stream:
+            if isinstance(item, StreamEnd):
+                ctx.prompt_tokens = item.prompt_tokens
+                ctx.completion_tokens = item.completion_tokens
+                if include_usage:
+                    yield writer.usage(item)
+            else:
+                yield writer.delta(item)
+    except BackendError as exc:
+        # Headers are sent: the only way left to tell the client is an error event.
+        api_error = errors.from_backend(exc)
+        ctx.error_type, ctx.error_code = api_error.type, api_error.code
+        yield errors.sse_error_event(api_error)
+        return
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    yield b"data: [DONE]\n\n"
+
+
+async def _generate(request: Request, parse: Callable[..., GenerationRequest],
+                    render: Callable[..., dict[str, Any]]) -> Response:
+    gateway = gateway_of(request)
+    ctx = context_of(request.scope)
+    body = await read_json(request, gateway.settings.max_body_bytes)
+    ctx.params = schema.recorded_params(body)
+    if isinstance(body.get("model"), str):
+        ctx.model = body["model"]
+    gen = parse(body, gateway.limits)
+    ctx.prompt = schema.prompt_text(gen)
+    _check_model(gateway, gen)
+    _apply_watermark(gateway, ctx, gen)
+    rid = ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + secrets.token_hex(12)
+    created = int(time.time())
+    if body.get("stream"):
+        ctx.stream = True
+        options = body.get("stream_options") or {}
+        writer = _ChunkWriter(gen.kind, rid, created, gen.model)
+        return StreamingResponse(
+            _sse(gateway, ctx, gen, writer, bool(options.get("include_usage"))),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    try:
+        result = await gateway.backend.complete(gen)
+    except BackendError as exc:
+        raise errors.from_backend(exc) from None
+    ctx.prompt_tokens = result.prompt_tokens
+    ctx.completion_tokens = result.completion_tokens
+    return json_response(render(rid, created, gen.model, result))
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _generate(request, schema.parse_chat, _chat_body)
+
+
+async def completions(request: Request) -> Response:
+    return await _generate(request, schema.parse_completion, _text_body)
+
+
+async def list_models(request: Request) -> Response:
+    gateway = gateway_of(request)
+    created = int(gateway.started_at)
+    return json_response({"object": "list", "data": [
+        {"id": name, "object": "model", "created": created, "owned_by": "distillguard"}
+        for name in gateway.backend.models()]})
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(gateway_of(request).metrics.render(),
+                    media_type="text/plain; version=0.0.4")

@@ -1,0 +1,110 @@
+"""``Gateway``: everything one running gateway holds, on the app object, never global."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from distillguard.backends.base import Backend
+from distillguard.config import Settings
+from distillguard.gateway.context import RequestContext
+from distillguard.gateway.metrics import Metrics
+from distillguard.gateway.schema import Limits
+
+log = logging.getLogger("distillguard.gateway")
+
+
+def backend_from_settings(settings: Settings) -> Backend:
+    """The backend the settings name; imported lazily so a proxy never loads torch."""
+    if settings.backend == "upstream":
+        from distillguard.backends.upstream import UpstreamBackend
+
+        return UpstreamBackend.from_settings(settings)
+    if settings.backend == "local":
+        from distillguard.backends.local import LocalBackend
+
+        return LocalBackend.from_settings(settings)
+    if settings.backend == "echo":
+        from distillguard.backends.echo import EchoBackend
+
+        return EchoBackend(model_name=settings.model_name)
+    raise ValueError(f"setting 'backend' must be local, upstream or echo, "
+                     f"got {settings.backend!r}")
+
+
+class Gateway:
+    """The parts of one gateway and their lifecycle.
+
+    Anything not passed in is built from ``settings`` at ``start``: tests hand in a
+    small backend or an in-memory store; ``distillguard serve`` hands in nothing.
+    """
+
+    def __init__(self, settings: Settings, *, backend: Backend | None = None,
+                 store: Any = None, watermark: Any = None) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.watermark = watermark
+        self.metrics = Metrics()
+        self.started_at = time.time()
+        self.limits = Limits(settings.max_tokens_limit, settings.default_max_tokens,
+                             settings.max_n)
+        self.keys: Any = None
+        self.writer: Any = None
+        self.limiter: Any = None
+        self._owns_store = store is None
+        self._pending_tokens: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        from distillguard.telemetry.keycache import KeyCache
+        from distillguard.telemetry.store import open_store
+        from distillguard.telemetry.writer import EventWriter
+
+        settings = self.settings
+        if self.store is None:
+            self.store = await asyncio.to_thread(open_store, settings)
+        self.keys = KeyCache(self.store, ttl=settings.key_cache_ttl)
+        self.writer = EventWriter.from_settings(self.store, settings)
+        if settings.rate_limit_rpm or settings.rate_limit_tpm:
+            from distillguard.policy.ratelimit import RateLimiter, open_rate_store
+
+            self.limiter = RateLimiter(open_rate_store(settings), rpm=settings.rate_limit_rpm,
+                                       tpm=settings.rate_limit_tpm)
+        if self.backend is None:
+            self.backend = backend_from_settings(settings)
+        if self.watermark is None and getattr(self.backend, "watermarks", False):
+            from distillguard.watermark.service import WatermarkService
+
+            self.watermark = await asyncio.to_thread(WatermarkService.from_settings, settings)
+        await self.backend.start()
+
+    async def close(self) -> None:
+        if self.backend is not None:
+            await self.backend.close()
+        if self._pending_tokens:
+            await asyncio.gather(*self._pending_tokens, return_exceptions=True)
+        if self.limiter is not None:
+            await self.limiter.close()
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.close)
+        if self._owns_store and self.store is not None:
+            self.store.close()
+
+    def record(self, ctx: RequestContext) -> None:
+        """Account for a finished API request: metrics, rate-limit tokens, its event."""
+        self.metrics.observe(ctx.endpoint, ctx.status, ctx.elapsed(),
+                             prompt_tokens=ctx.prompt_tokens,
+                             completion_tokens=ctx.completion_tokens,
+                             error_type=ctx.error_type)
+        used = ctx.prompt_tokens + ctx.completion_tokens
+        if self.limiter is not None and ctx.key_id is not None and used:
+            task = asyncio.get_running_loop().create_task(
+                self.limiter.add_tokens(ctx.key_id, used))
+            self._pending_tokens.add(task)
+            task.add_done_callback(self._pending_tokens.discard)
+        if not self.settings.retain_prompts:
+            ctx.prompt = None
+        if self.writer is not None:
+            self.writer.submit(ctx.event())

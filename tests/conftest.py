@@ -1,0 +1,127 @@
+"""Shared fixtures: settings in a temporary data folder, a fresh small gateway per test,
+the official openai SDK pointed at it in-process, and a real uvicorn server for sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from distillguard.config import Settings
+from distillguard.gateway.app import build_app
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path):
+    """Settings isolated from the environment, with state under ``tmp_path``."""
+
+    def make(**overrides: Any) -> Settings:
+        values = {"data_dir": str(tmp_path / "data"), "admin_token": ADMIN_TOKEN,
+                  "event_flush_interval": 0.02, "backend": "echo", "model_name": "echo"}
+        values.update(overrides)
+        return Settings.load(env={}, **values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings) -> Settings:
+    return make_settings()
+
+
+class Harness:
+    """A started gateway app with helpers to make keys and SDK clients."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.gateway = app.state.gateway
+        self.transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 5555))
+
+    def key(self, account: str = "alice") -> str:
+        _, key = self.gateway.store.create_key(account)
+        return key
+
+    def http(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=self.transport, base_url="http://gateway",
+                                 **kwargs)
+
+    def sdk(self, key: str | None = None, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url="http://gateway/v1", api_key=key or self.key(), max_retries=0,
+            http_client=httpx.AsyncClient(transport=self.transport,
+                                          base_url="http://gateway"), **kwargs)
+
+    def events(self) -> list[Any]:
+        self.gateway.writer.flush()
+        return list(self.gateway.store.iter_events())
+
+
+@pytest.fixture
+async def harness_factory(make_settings) -> AsyncIterator[Any]:
+    """Start gateways (their lifespans run) and stop them at the end of the test."""
+    stack = contextlib.AsyncExitStack()
+
+    async def start(*, backend: Any = None, **overrides: Any) -> Harness:
+        app = build_app(make_settings(**overrides), backend=backend)
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        return Harness(app)
+
+    async with stack:
+        yield start
+
+
+@pytest.fixture
+async def harness(harness_factory) -> Harness:
+    return await harness_factory()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server on a free 127.0.0.1 port; yield its URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def live_server(make_settings):
+    """Factory: a real uvicorn server for ``build_app(settings, backend=...)``."""
+    stack = contextlib.ExitStack()
+
+    def start(*, backend: Any = None, **overrides: Any) -> tuple[str, Any]:
+        app = build_app(make_settings(**overrides), backend=backend)
+        url = stack.enter_context(serve_in_thread(app))
+        return url, app.state.gateway
+
+    with stack:
+        yield start
