@@ -55,7 +55,8 @@ def test_event_of_an_answered_request_survives_sigterm(tmp_path):
                                     "messages": [{"role": "user", "content": "keep me"}]})
         assert response.status_code == 200
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        # uvicorn re-raises SIGTERM after its graceful shutdown: -15 is a clean exit here.
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
         events = list(store.iter_events())
         store.close()
     finally:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-import secrets
+import itertools
+import os
 import time
 from typing import Any
 
 from distillguard.telemetry.events import RequestEvent
+
+
+# Request ids: a random per-process prefix and a counter. Unique across replicas and
+# restarts without paying for os.urandom on every request.
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 class RequestContext:
@@ -19,7 +30,7 @@ class RequestContext:
     def __init__(self, endpoint: str, client_addr: str | None, user_agent: str | None) -> None:
         self.ts = time.time()
         self.started = time.perf_counter()
-        self.request_id = secrets.token_hex(12)
+        self.request_id = new_request_id()
         self.endpoint = endpoint
         self.client_addr = client_addr
         self.user_agent = user_agent

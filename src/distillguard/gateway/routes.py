@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -187,7 +186,7 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
     ctx.prompt = schema.prompt_text(gen)
     _check_model(gateway, gen)
     _apply_watermark(gateway, ctx, gen)
-    rid = ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + secrets.token_hex(12)
+    rid = ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + ctx.request_id
     created = int(time.time())
     if body.get("stream"):
         ctx.stream = True

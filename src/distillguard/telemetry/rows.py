@@ -1,0 +1,93 @@
+"""How a ``RequestEvent`` maps to a table row, shared by every SQL store."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from distillguard.telemetry.events import RequestEvent
+
+# Column order of the events table; ``params`` and ``watermark`` hold JSON.
+EVENT_COLUMNS: tuple[str, ...] = (
+    "ts",
+    "request_id",
+    "endpoint",
+    "status",
+    "latency_ms",
+    "account",
+    "key_id",
+    "client_addr",
+    "user_agent",
+    "model",
+    "params",
+    "prompt",
+    "prompt_tokens",
+    "completion_tokens",
+    "stream",
+    "error_type",
+    "error_code",
+    "watermark",
+)
+JSON_COLUMNS = frozenset({"params", "watermark"})
+_PARAMS_AT = EVENT_COLUMNS.index("params")
+_WATERMARK_AT = EVENT_COLUMNS.index("watermark")
+_STREAM_AT = EVENT_COLUMNS.index("stream")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+    """``value`` with lone surrogates replaced by U+FFFD.
+
+    Python's JSON parser accepts ``"\\ud800"`` and yields a string that no UTF-8
+    database (nor orjson) will take; one such prompt must not make its batch fail on
+    every retry and stall the writer. ASCII text, the common case, is returned at once.
+    """
+    if value.isascii():
+        return value
+    return _SURROGATE.sub("\ufffd", value)
+
+
+def dump_json(value: Any) -> str:
+    """JSON text for a params/watermark value.
+
+    Client-sent params are arbitrary JSON; orjson refuses a few values Python holds
+    (integers beyond 64 bits, lone surrogates), and one unwritable event must never
+    stall the writer, so those fall back to the standard library, which writes anything
+    (``default=str``), and the result is cleaned of surrogates.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
+    except (TypeError, orjson.JSONEncodeError):
+        return clean_text(json.dumps(value, default=str, ensure_ascii=False))
+
+
+def event_to_row(event: RequestEvent) -> list[Any]:
+    """The event's values in ``EVENT_COLUMNS`` order, JSON columns as text."""
+    row = [getattr(event, column) for column in EVENT_COLUMNS]
+    for i, value in enumerate(row):
+        if isinstance(value, str):
+            row[i] = clean_text(value)
+    row[_PARAMS_AT] = dump_json(event.params or {})
+    row[_WATERMARK_AT] = None if event.watermark is None else dump_json(event.watermark)
+    row[_STREAM_AT] = bool(event.stream)
+    return row
+
+
+def row_to_event(row: Sequence[Any]) -> RequestEvent:
+    """A ``RequestEvent`` from a row in ``EVENT_COLUMNS`` order.
+
+    JSON columns may arrive as text (SQLite) or already decoded (PostgreSQL jsonb).
+    """
+    values = dict(zip(EVENT_COLUMNS, row, strict=True))
+    for column in JSON_COLUMNS:
+        if isinstance(values[column], str | bytes):
+            values[column] = orjson.loads(values[column])
+    values["params"] = values["params"] or {}
+    values["stream"] = bool(values["stream"])
+    return RequestEvent(**values)

@@ -1,0 +1,308 @@
+"""SQLite store: the embedded default, two database files under the data folder.
+
+``control.db`` holds accounts and keys, ``events.db`` holds request events. They are
+separate files so that ``keys_version()`` can use ``PRAGMA data_version`` on control.db:
+that number changes only when another connection commits to *that* file, so the stream
+of event writes (many per second) never invalidates the gateway's key cache, while a
+revocation by the CLI in another process does, on the very next request, without a
+query per request.
+
+Both files run in WAL mode: readers never block the writer and the writer never blocks
+readers. ``events.db`` uses ``synchronous=NORMAL``: a committed batch survives the
+process dying (SIGKILL, a crash) because it is in the WAL in the OS's hands, but the
+last batches before a power cut or kernel crash may roll back, since the WAL is fsynced
+only at checkpoints. That is the usual trade for a log of telemetry. ``control.db``
+uses ``synchronous=FULL``: a revocation must not come undone after a power cut, and key
+changes are rare enough that the extra fsync costs nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distillguard.telemetry.keys import (
+    Account,
+    KeyRecord,
+    check_account_name,
+    generate_key,
+    hash_key,
+)
+from distillguard.telemetry.rows import EVENT_COLUMNS, event_to_row, row_to_event
+
+if TYPE_CHECKING:
+    from distillguard.config import Settings
+    from distillguard.telemetry.events import RequestEvent
+
+CONTROL_FILE = "control.db"
+EVENTS_FILE = "events.db"
+# How long a statement waits for another process's write lock before "database is locked".
+BUSY_TIMEOUT_MS = 5000
+_ITER_CHUNK = 1000
+
+_CONTROL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    name        TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id      TEXT PRIMARY KEY,
+    key_hash    TEXT NOT NULL UNIQUE,
+    account     TEXT NOT NULL REFERENCES accounts(name),
+    prefix      TEXT NOT NULL,
+    name        TEXT,
+    created_at  REAL NOT NULL,
+    revoked_at  REAL
+);
+CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account);
+"""
+
+_EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS request_events (
+    id                INTEGER PRIMARY KEY,
+    ts                REAL NOT NULL,
+    request_id        TEXT NOT NULL UNIQUE,
+    endpoint          TEXT NOT NULL,
+    status            INTEGER NOT NULL,
+    latency_ms        REAL NOT NULL,
+    account           TEXT,
+    key_id            TEXT,
+    client_addr       TEXT,
+    user_agent        TEXT,
+    model             TEXT,
+    params            TEXT NOT NULL,
+    prompt            TEXT,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    stream            INTEGER NOT NULL,
+    error_type        TEXT,
+    error_code        TEXT,
+    watermark         TEXT
+);
+CREATE INDEX IF NOT EXISTS request_events_ts ON request_events(ts);
+CREATE INDEX IF NOT EXISTS request_events_account_ts ON request_events(account, ts);
+"""
+
+_KEY_COLUMNS = "key_id, account, prefix, created_at, revoked_at, name"
+_INSERT_EVENT = (
+    f"INSERT INTO request_events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS)}) ON CONFLICT(request_id) DO NOTHING"
+)
+
+
+def _key_record(row: tuple[Any, ...]) -> KeyRecord:
+    return KeyRecord(*row)
+
+
+class SQLiteStore:
+    """Accounts, keys and events in two SQLite files in ``directory``."""
+
+    name = "sqlite"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        # Owner-only when we create it: events.db holds prompts.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._control_path = self.directory / CONTROL_FILE
+        self._events_path = self.directory / EVENTS_FILE
+        # One connection per role, each behind its own lock (sqlite3 connections must not
+        # be used by two threads at once). The version connection is never written
+        # through, so every commit to control.db, ours included, counts as "another
+        # connection" for its data_version.
+        self._control = self._connect(self._control_path, "FULL")
+        self._control.executescript(_CONTROL_SCHEMA)
+        self._control_lock = threading.Lock()
+        self._version_conn = self._connect(self._control_path, "FULL")
+        self._version_lock = threading.Lock()
+        self._events = self._connect(self._events_path, "NORMAL")
+        self._events.executescript(_EVENTS_SCHEMA)
+        self._events_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SQLiteStore:
+        """The store in ``settings.data_path``."""
+        return cls(settings.data_path)
+
+    @staticmethod
+    def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; writes open them explicitly.
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    # --- control plane -------------------------------------------------------------
+    def _ensure_account_locked(self, name: str) -> None:
+        self._control.execute(
+            "INSERT INTO accounts (name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+            (name, time.time()),
+        )
+
+    def ensure_account(self, account: str) -> Account:
+        name = check_account_name(account)
+        with self._control_lock:
+            self._control.execute("BEGIN IMMEDIATE")
+            try:
+                self._ensure_account_locked(name)
+                self._control.execute("COMMIT")
+            except BaseException:
+                self._control.execute("ROLLBACK")
+                raise
+        found = self.get_account(name)
+        assert found is not None
+        return found
+
+    def get_account(self, account: str) -> Account | None:
+        with self._version_lock:
+            row = self._version_conn.execute(
+                "SELECT name, created_at FROM accounts WHERE name = ?", (account,)
+            ).fetchone()
+        return Account(*row) if row else None
+
+    def list_accounts(self) -> list[Account]:
+        with self._version_lock:
+            rows = self._version_conn.execute(
+                "SELECT name, created_at FROM accounts ORDER BY created_at, name"
+            ).fetchall()
+        return [Account(*row) for row in rows]
+
+    def create_key(self, account: str, *, name: str | None = None) -> tuple[KeyRecord, str]:
+        owner = check_account_name(account)
+        new = generate_key()
+        record = KeyRecord(new.key_id, owner, new.prefix, time.time(), None, name)
+        with self._control_lock:
+            self._control.execute("BEGIN IMMEDIATE")
+            try:
+                self._ensure_account_locked(owner)
+                self._control.execute(
+                    "INSERT INTO api_keys (key_id, key_hash, account, prefix, name, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (record.key_id, new.key_hash, owner, record.prefix, name, record.created_at),
+                )
+                self._control.execute("COMMIT")
+            except BaseException:
+                self._control.execute("ROLLBACK")
+                raise
+        return record, new.plaintext
+
+    def list_keys(self, account: str | None = None) -> list[KeyRecord]:
+        query = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        args: tuple[Any, ...] = ()
+        if account is not None:
+            query += " WHERE account = ?"
+            args = (account,)
+        with self._version_lock:
+            rows = self._version_conn.execute(query + " ORDER BY created_at, key_id", args)
+            return [_key_record(row) for row in rows.fetchall()]
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        with self._version_lock:
+            row = self._version_conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        return _key_record(row) if row else None
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._control_lock:
+            cursor = self._control.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
+                (time.time(), key_id),
+            )
+            return cursor.rowcount > 0
+
+    def lookup_key(self, plaintext: str) -> KeyRecord | None:
+        with self._version_lock:
+            row = self._version_conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (hash_key(plaintext),)
+            ).fetchone()
+        return _key_record(row) if row else None
+
+    def keys_version(self) -> int:
+        # data_version reads a counter in the WAL index (shared memory): no disk access,
+        # a few microseconds, so the gateway may call it on every request.
+        with self._version_lock:
+            return int(self._version_conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # --- data plane ----------------------------------------------------------------
+    def write_events(self, events: list[RequestEvent]) -> None:
+        if not events:
+            return
+        rows = [event_to_row(event) for event in events]
+        with self._events_lock:
+            self._events.execute("BEGIN IMMEDIATE")
+            try:
+                self._events.executemany(_INSERT_EVENT, rows)
+                self._events.execute("COMMIT")
+            except BaseException:
+                if self._events.in_transaction:
+                    self._events.execute("ROLLBACK")
+                raise
+
+    def iter_events(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        account: str | None = None,
+    ) -> Iterator[RequestEvent]:
+        where: list[str] = []
+        args: list[float | str] = []
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            args.append(until)
+        if account is not None:
+            where.append("account = ?")
+            args.append(account)
+        query = f"SELECT {', '.join(EVENT_COLUMNS)} FROM request_events"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY ts, id"
+        # A connection of its own: a slow consumer (an export) must not hold the lock
+        # that other readers need, and WAL gives it a consistent snapshot meanwhile.
+        # check_same_thread=False: the consumer may resume the generator from any thread.
+        conn = sqlite3.connect(
+            self._events_path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+        try:
+            cursor = conn.execute(query, args)
+            while chunk := cursor.fetchmany(_ITER_CHUNK):
+                for row in chunk:
+                    yield row_to_event(row)
+        finally:
+            conn.close()
+
+    def count_events(self) -> int:
+        # Counting scans the table; on its own connection it never holds up the writer.
+        conn = sqlite3.connect(self._events_path, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            return int(conn.execute("SELECT count(*) FROM request_events").fetchone()[0])
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        for lock, conn in (
+            (self._control_lock, self._control),
+            (self._version_lock, self._version_conn),
+            (self._events_lock, self._events),
+        ):
+            with lock:
+                conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.directory)!r})"
