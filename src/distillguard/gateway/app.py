@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from distillguard.backends.base import Backend
 from distillguard.config import Settings
-from distillguard.gateway import admin, errors, routes
+from distillguard.gateway import admin, analyst, errors, routes
 from distillguard.gateway.middleware import Admission, Authenticate, ErrorsAndEvents
 from distillguard.gateway.state import Gateway
 
@@ -58,6 +58,7 @@ def build_app(settings: Settings, *, backend: Backend | None = None, store: Any 
         Route("/healthz", routes.healthz, methods=["GET"]),
         Route("/metrics", routes.metrics, methods=["GET"]),
         *admin.ROUTES,
+        *analyst.ROUTES,
     ]
     # Outermost first: errors and events see everything, including failed auth.
     middleware = [

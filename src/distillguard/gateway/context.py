@@ -25,7 +25,8 @@ class RequestContext:
 
     __slots__ = ("ts", "started", "request_id", "endpoint", "client_addr", "user_agent",
                  "status", "account", "key_id", "model", "params", "prompt", "prompt_tokens",
-                 "completion_tokens", "stream", "error_type", "error_code", "watermark")
+                 "completion_tokens", "stream", "error_type", "error_code", "watermark",
+                 "action")
 
     def __init__(self, endpoint: str, client_addr: str | None, user_agent: str | None) -> None:
         self.ts = time.time()
@@ -46,6 +47,7 @@ class RequestContext:
         self.error_type: str | None = None
         self.error_code: str | None = None
         self.watermark: dict[str, Any] | None = None
+        self.action: str | None = None  # the account's current policy action, if any
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

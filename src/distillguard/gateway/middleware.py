@@ -140,18 +140,41 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
+NEUTRAL_BLOCK = "This account cannot use the API. Contact support if you think this is a mistake."
+
+
 class Admission:
-    """Per-key rate limits, checked before any work is done for the request."""
+    """The account's current action, then per-key rate limits, before any work is done.
+
+    An action set by a rule or an analyst applies here on the account's next request.
+    """
 
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = context_of(scope) if scope["type"] == "http" else None
+        policy = self.gateway.policy
+        if policy is not None and ctx is not None and ctx.account is not None:
+            decision = policy.admit(ctx.account)
+            action = decision.action
+            if action is not None:
+                ctx.action = action.kind
+            if not decision.allowed:
+                if action.kind == "block":
+                    raise errors.PermissionDenied(NEUTRAL_BLOCK, code="account_blocked")
+                if action.kind == "challenge":
+                    raise errors.PermissionDenied(
+                        "This account must be verified again before it can use the API.",
+                        code="account_challenge_required")
+                retry = max(1, int((decision.retry_after or 1.0) + 0.999))
+                raise errors.RateLimited(
+                    f"Rate limit reached for this account. Try again in {retry} s.",
+                    headers={"Retry-After": str(retry)})
         limiter = self.gateway.limiter
-        if limiter is not None and scope["type"] == "http":
-            ctx = context_of(scope)
-            if ctx is not None and ctx.key_id is not None:
+        if limiter is not None and ctx is not None:
+            if ctx.key_id is not None:
                 decision = await limiter.check(ctx.key_id)
                 if not decision.allowed:
                     retry = max(1, int(decision.retry_after + 0.999))

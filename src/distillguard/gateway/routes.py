@@ -16,11 +16,13 @@ from distillguard.backends.base import (
     GenerationRequest,
     StreamDelta,
     StreamEnd,
+    StreamItem,
 )
 from distillguard.gateway import errors, schema
 from distillguard.gateway.context import RequestContext
 from distillguard.gateway.middleware import context_of
 from distillguard.gateway.state import Gateway
+from distillguard.policy.degrade import strip_reasoning
 
 JSON = "application/json"
 
@@ -83,7 +85,10 @@ def _apply_watermark(gateway: Gateway, ctx: RequestContext, request: GenerationR
     # The server alone decides: nothing in the request body reaches this choice.
     if gateway.watermark is None:
         return
-    sampler, record = gateway.watermark.sampler_for(ctx.account)
+    strength = 1.0
+    if ctx.action == "degrade" and ctx.account is not None:
+        strength = gateway.policy.watermark_strength(ctx.account)
+    sampler, record = gateway.watermark.sampler_for(ctx.account, strength=strength)
     request.watermark = sampler
     ctx.watermark = record
 
@@ -146,14 +151,67 @@ class _ChunkWriter:
         return self._event([], usage=_usage(end.prompt_tokens, end.completion_tokens))
 
 
-async def _sse(gateway: Gateway, ctx: RequestContext, request: GenerationRequest,
+async def _aclose(stream: AsyncIterator[StreamItem]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _degraded(stream: AsyncIterator[StreamItem]) -> AsyncIterator[StreamItem]:
+    """A stream whose choices arrive whole, each with its reasoning trace stripped.
+
+    A trace can only be recognised once its end is seen, so a degraded account's
+    stream holds each choice back until that choice is finished.
+    """
+    held: dict[int, list[str]] = {}
+    try:
+        async for item in stream:
+            if isinstance(item, StreamDelta):
+                held.setdefault(item.index, []).append(item.text)
+                if item.finish_reason is None:
+                    continue
+                item = StreamDelta(item.index, strip_reasoning("".join(held.pop(item.index))),
+                                   item.finish_reason)
+            yield item
+    finally:
+        await _aclose(stream)
+
+
+async def _open_stream(gateway: Gateway, ctx: RequestContext,
+                       request: GenerationRequest) -> tuple[AsyncIterator[StreamItem],
+                                                            StreamItem | None]:
+    """Start the backend's stream and wait for its first item before sending headers,
+    so that a request the backend refuses (prompt too long, upstream down) still gets
+    a plain HTTP error instead of a stream that fails at once."""
+    stream = gateway.backend.stream(request)
+    if ctx.action == "degrade":
+        stream = _degraded(stream)
+    try:
+        return stream, await anext(stream)
+    except StopAsyncIteration:
+        return stream, None
+    except BackendError as exc:
+        await _aclose(stream)
+        raise errors.from_backend(exc) from None
+    except BaseException:
+        await _aclose(stream)
+        raise
+
+
+async def _sse(ctx: RequestContext, request: GenerationRequest,
+               stream: AsyncIterator[StreamItem], first: StreamItem | None,
                writer: _ChunkWriter, include_usage: bool) -> AsyncIterator[bytes]:
+    async def items() -> AsyncIterator[StreamItem]:
+        if first is not None:
+            yield first
+        async for item in stream:
+            yield item
+
     opening = writer.opening(request.n)
     if opening:
         yield opening
-    stream = gateway.backend.stream(request)
     try:
-        async for item in stream:
+        async for item in items():
             if isinstance(item, StreamEnd):
                 ctx.prompt_tokens = item.prompt_tokens
                 ctx.completion_tokens = item.completion_tokens
@@ -168,9 +226,7 @@ async def _sse(gateway: Gateway, ctx: RequestContext, request: GenerationRequest
         yield errors.sse_error_event(api_error)
         return
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _aclose(stream)
     yield b"data: [DONE]\n\n"
 
 
@@ -192,8 +248,9 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
         ctx.stream = True
         options = body.get("stream_options") or {}
         writer = _ChunkWriter(gen.kind, rid, created, gen.model)
+        stream, first = await _open_stream(gateway, ctx, gen)
         return StreamingResponse(
-            _sse(gateway, ctx, gen, writer, bool(options.get("include_usage"))),
+            _sse(ctx, gen, stream, first, writer, bool(options.get("include_usage"))),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
     try:
@@ -202,6 +259,9 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
         raise errors.from_backend(exc) from None
     ctx.prompt_tokens = result.prompt_tokens
     ctx.completion_tokens = result.completion_tokens
+    if ctx.action == "degrade":
+        for choice in result.choices:
+            choice.text = strip_reasoning(choice.text)
     return json_response(render(rid, created, gen.model, result))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import Any
@@ -54,6 +55,11 @@ class Gateway:
         self.keys: Any = None
         self.writer: Any = None
         self.limiter: Any = None
+        self.policy: Any = None
+        self.detection: Any = None
+        self.detection_dropped = 0
+        self._detect_queue: collections.deque = collections.deque()
+        self._detect_task: asyncio.Task | None = None
         self._owns_store = store is None
         self._pending_tokens: set[asyncio.Task] = set()
 
@@ -72,6 +78,15 @@ class Gateway:
 
             self.limiter = RateLimiter(open_rate_store(settings), rpm=settings.rate_limit_rpm,
                                        tpm=settings.rate_limit_tpm)
+        from distillguard.policy.engine import PolicyEngine
+
+        self.policy = await asyncio.to_thread(PolicyEngine.from_settings, settings)
+        if settings.detection:
+            from distillguard.detection.pipeline import DetectionPipeline
+
+            self.detection = await asyncio.to_thread(DetectionPipeline.from_settings, settings,
+                                                     store=self.store)
+            self._detect_task = asyncio.get_running_loop().create_task(self._detect_loop())
         if self.backend is None:
             self.backend = backend_from_settings(settings)
         if self.watermark is None and getattr(self.backend, "watermarks", False):
@@ -80,7 +95,45 @@ class Gateway:
             self.watermark = await asyncio.to_thread(WatermarkService.from_settings, settings)
         await self.backend.start()
 
+    async def _detect_loop(self) -> None:
+        """Feed finished requests to detection and run the rules, off the request path.
+
+        Detection sees events from memory, not from the store, so that an action can take
+        effect within one ``detection_interval`` of the traffic that earned it.
+        """
+        interval = self.settings.detection_interval
+        # Polling, not an Event: a quarter second of batching costs nothing here and
+        # keeps cancellation at shutdown trivially prompt.
+        poll = min(0.25, interval)
+        next_refresh = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(poll)
+            batch = list(self._detect_queue)
+            self._detect_queue.clear()
+            try:
+                if batch:
+                    await asyncio.to_thread(self.detection.observe_many, batch)
+                if time.monotonic() >= next_refresh:
+                    await asyncio.to_thread(self.run_detection)
+                    next_refresh = time.monotonic() + interval
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Detection must never take the gateway down; the next round retries.
+                log.exception("detection round failed")
+
+    def run_detection(self) -> list[Any]:
+        """One round of campaign clustering and rules; returns the actions set."""
+        self.detection.refresh()
+        return self.policy.evaluate(self.detection)
+
     async def close(self) -> None:
+        if self._detect_task is not None:
+            self._detect_task.cancel()
+            try:
+                await self._detect_task
+            except asyncio.CancelledError:
+                pass
         if self.backend is not None:
             await self.backend.close()
         if self._pending_tokens:
@@ -89,6 +142,8 @@ class Gateway:
             await self.limiter.close()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
+        if self.policy is not None:
+            self.policy.close()
         if self._owns_store and self.store is not None:
             self.store.close()
 
@@ -106,5 +161,12 @@ class Gateway:
             task.add_done_callback(self._pending_tokens.discard)
         if not self.settings.retain_prompts:
             ctx.prompt = None
+        event = ctx.event()
         if self.writer is not None:
-            self.writer.submit(ctx.event())
+            self.writer.submit(event)
+        if self.detection is not None and event.account is not None:
+            queue = self._detect_queue
+            queue.append(event)
+            if len(queue) > self.settings.event_queue_size:
+                queue.popleft()  # detection falls behind; the store still has the event
+                self.detection_dropped += 1

@@ -1,0 +1,290 @@
+"""The local backend: a transformers causal LM served from this process.
+
+Generation runs in one worker thread, never on the event loop. Requests reach it through
+a thread-safe queue; between two decode steps it drops rows whose consumer went away,
+admits waiting requests into the running batch (``Batcher``), and decodes one token for
+every row. Results travel back with ``loop.call_soon_threadsafe`` into one
+``asyncio.Queue`` per request, one hand-over per request and step, so many clients
+stream at once without blocking the loop or each other.
+
+Token counts: ``prompt_tokens`` counts the prompt once, whatever ``n``;
+``completion_tokens`` counts every token the model sampled, the end-of-sequence token
+included (it was generated, and ``max_tokens`` bounds it too), and the tokens of a stop
+string included, although the stop string's text is cut from the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from distillguard.backends.base import (
+    BackendError,
+    Choice,
+    Completion,
+    GenerationRequest,
+    StreamDelta,
+    StreamEnd,
+    StreamItem,
+)
+from distillguard.backends.batching import Batcher, ChoiceTokens, Item
+from distillguard.backends.model_cache import ensure_converted
+from distillguard.backends.tiny import create_tiny_model
+
+__all__ = ["LocalBackend", "create_tiny_model"]
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class _Job:
+    """A request in flight: the worker thread fills ``queue`` through the loop."""
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self.queue: asyncio.Queue[list[Item] | BackendError] = asyncio.Queue()
+        self._loop = loop
+        # Plain attributes: the loop thread sets them, the worker reads them between
+        # steps; a stale read only delays the drop by one step.
+        self.cancelled = False
+        self.failed = False
+
+    @property
+    def closed(self) -> bool:
+        return self.cancelled or self.failed
+
+    def deliver(self, items: list[Item]) -> None:
+        self._post(items)
+
+    def fail(self, error: BackendError) -> None:
+        self.failed = True
+        self._post(error)
+
+    def _post(self, payload: list[Item] | BackendError) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.queue.put_nowait, payload)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting for this request any more
+
+
+class LocalBackend:
+    """Serve a transformers causal LM (the embedded model by default) with batching.
+
+    ``model_path`` is a folder ``from_pretrained`` loads; None means the embedded model,
+    converted on first use into ``cache_dir`` (see ``model_cache.ensure_converted``).
+    ``max_batch`` bounds the rows (choices) decoded together; ``threads`` > 0 sets
+    torch's thread count.
+    """
+
+    # Generation runs here, so the gateway hands each request a watermark sampler.
+    watermarks = True
+
+    def __init__(self, model_path: Path | None, *, model_name: str, max_batch: int = 16,
+                 threads: int = 0, cache_dir: Path | str | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.model_path = Path(model_path) if model_path else None
+        self.model_name = model_name
+        self.max_batch = max_batch
+        self.threads = threads
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._batcher: Batcher | None = None
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._accepting = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> LocalBackend:
+        """Build from ``Settings``: ``local_model_path`` or the embedded model."""
+        return cls(
+            Path(settings.local_model_path) if settings.local_model_path else None,
+            model_name=settings.model_name,
+            max_batch=settings.local_max_batch,
+            threads=settings.local_threads,
+            cache_dir=settings.model_cache_dir,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load model and tokenizer in a thread, then start the generation worker."""
+        if self._thread is not None:
+            return
+        self._batcher = await asyncio.to_thread(self._load)
+        self._stopping = False
+        self._inbox = queue.SimpleQueue()
+        with self._lock:
+            self._accepting = True
+        self._thread = threading.Thread(target=self._work, name="distillguard-local",
+                                        daemon=True)
+        self._thread.start()
+
+    def _load(self) -> Batcher:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        path = self.model_path or ensure_converted(self.cache_dir)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot load a model from {path}: {exc}", status=503,
+                               code="backend_unavailable") from None
+        model.eval()
+        log.info("local backend: loaded %s from %s", self.model_name, path)
+        return Batcher(model, tokenizer, max_rows=self.max_batch)
+
+    async def close(self) -> None:
+        """Stop the worker; requests still pending end with BackendError(503)."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._lock:
+            self._accepting = False
+        self._stopping = True
+        self._inbox.put(_STOP)
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+        self._batcher = None
+
+    def models(self) -> list[str]:
+        return [self.model_name]
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def complete(self, request: GenerationRequest) -> Completion:
+        """Generate all choices; their text equals what ``stream`` would show."""
+        texts: list[list[str]] = [[] for _ in range(request.n)]
+        reasons: dict[int, Any] = {}
+        counts: dict[int, int] = {}
+        async with contextlib.aclosing(self._items(request)) as items:
+            async for item in items:
+                if isinstance(item, StreamDelta):
+                    texts[item.index].append(item.text)
+                    if item.finish_reason is not None:
+                        reasons[item.index] = item.finish_reason
+                elif isinstance(item, ChoiceTokens):
+                    counts[item.index] = item.completion_tokens
+                else:
+                    choices = [
+                        Choice(index=i, text="".join(texts[i]), finish_reason=reasons[i],
+                               completion_tokens=counts[i])
+                        for i in range(request.n)
+                    ]
+                    return Completion(choices, item.prompt_tokens, item.completion_tokens)
+        raise BackendError("the local backend ended a request without a result", status=500,
+                           code="internal_error")
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """Yield text deltas as they are generated, then one ``StreamEnd``.
+
+        Closing this generator early drops the request's rows at the next step.
+        """
+        async with contextlib.aclosing(self._items(request)) as items:
+            async for item in items:
+                if not isinstance(item, ChoiceTokens):
+                    yield item
+
+    async def _items(self, request: GenerationRequest) -> AsyncIterator[Item]:
+        if request.n < 1 or request.max_tokens < 1:
+            raise BackendError("n and max_tokens must be at least 1", status=400,
+                               code="invalid_value", param="n" if request.n < 1 else "max_tokens")
+        job = _Job(request, asyncio.get_running_loop())
+        with self._lock:
+            if not self._accepting:
+                raise BackendError("the local backend is not running", status=503,
+                                   code="backend_unavailable")
+            self._inbox.put(job)
+        try:
+            while True:
+                payload = await job.queue.get()
+                if isinstance(payload, BackendError):
+                    raise payload
+                for item in payload:
+                    yield item
+                    if isinstance(item, StreamEnd):
+                        return
+        finally:
+            job.cancelled = True
+
+    # -- the worker thread ------------------------------------------------------------
+
+    def _work(self) -> None:
+        batcher = self._batcher
+        assert batcher is not None
+        pending: deque[_Job] = deque()
+        try:
+            while not self._stopping:
+                if not batcher.rows and not pending:
+                    first = self._inbox.get()  # idle: sleep until a request or close()
+                    if first is _STOP:
+                        break
+                    pending.append(first)
+                while True:
+                    try:
+                        item = self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not _STOP:
+                        pending.append(item)
+                if self._stopping:
+                    break
+                batcher.drop_closed()
+                joining = self._take(pending, batcher)
+                try:
+                    if joining:
+                        batcher.admit(joining)
+                    batcher.step()
+                except Exception:
+                    log.exception("local backend: generation failed")
+                    error = BackendError("generation failed in the local backend", status=500,
+                                         code="internal_error")
+                    for job in joining:
+                        if not job.closed:
+                            job.fail(error)
+                    batcher.fail_all(error)
+        finally:
+            with self._lock:
+                self._accepting = False
+            error = BackendError("the local backend is shutting down", status=503,
+                                 code="backend_unavailable")
+            batcher.fail_all(error)
+            while True:
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    pending.append(item)
+            for job in pending:
+                if not job.closed:
+                    job.fail(error)
+
+    @staticmethod
+    def _take(pending: deque[_Job], batcher: Batcher) -> list[_Job]:
+        """Waiting jobs that fit into the batch now, first come first served."""
+        joining: list[_Job] = []
+        free = batcher.free_rows
+        while pending:
+            job = pending[0]
+            if job.closed:
+                pending.popleft()
+                continue
+            # A request wider than the whole batch still runs, alone.
+            if job.request.n > free and (batcher.rows or joining):
+                break
+            joining.append(pending.popleft())
+            free -= job.request.n
+        return joining

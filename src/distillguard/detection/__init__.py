@@ -1,0 +1,1 @@
+"""Harvest detection: per-account signals, account risk with reasons, campaigns."""

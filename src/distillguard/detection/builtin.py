@@ -1,0 +1,609 @@
+"""The built-in signals. Each registers by name exactly as a third-party signal would.
+
+Thresholds are absolute anchors chosen from what the signal means (e.g. a coefficient of
+variation of inter-arrival gaps under 0.15 is clockwork; human traffic is bursty, above
+1); volume signals compare against the population's median instead, because what counts
+as "a lot" depends on the service.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from distillguard.detection.signals import Baseline, EventFeatures, register_signal
+
+# Gaps longer than this are pauses between sessions, not inter-arrival times.
+MAX_GAP_S = 600.0
+# A topic histogram needs this many prompts before its spread means anything.
+MIN_TOPIC_PROMPTS = 30
+LONG_COMPLETION_TOKENS = 512
+
+
+def ramp(x: float, lo: float, hi: float) -> float:
+    """0 at ``lo``, 1 at ``hi``, linear between (``hi < lo`` ramps downwards)."""
+    if hi == lo:
+        return 1.0 if x >= hi else 0.0
+    t = (x - lo) / (hi - lo)
+    return 0.0 if t <= 0 else 1.0 if t >= 1 else t
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _vs(baseline: Baseline | None, fmt: str = "{:.2f}") -> str:
+    return baseline.describe(fmt) if baseline else "no population baseline yet"
+
+
+class _Share:
+    """Base for signals that are the share of requests with some property."""
+
+    group = "automation"
+    weight = 0.3
+    lo, hi = 0.5, 0.9
+    min_requests = 10
+    what = ""
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def new_state(self) -> list[int]:
+        return [0, 0]  # hits, requests
+
+    def hit(self, f: EventFeatures) -> bool:
+        raise NotImplementedError  # every subclass defines it
+
+    def observe(self, state: list[int], f: EventFeatures) -> None:
+        state[1] += 1
+        if self.hit(f):
+            state[0] += 1
+
+    def value(self, state: list[int]) -> float | None:
+        return state[0] / state[1] if state[1] >= self.min_requests else None
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        return ramp(value, self.lo, self.hi)
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return f"{_pct(value)} of requests {self.what} ({_vs(baseline, '{:.0%}')})"
+
+
+@register_signal
+class MaxTokensSignal(_Share):
+    """Share of requests asking for (nearly) the largest ``max_tokens`` allowed."""
+
+    name = "max_tokens_max"
+    group = "intent"
+    weight = 0.35
+    lo, hi = 0.5, 0.95
+    description = "share of requests that ask for the largest max_tokens allowed"
+    what = "ask for the largest max_tokens allowed"
+
+    def __init__(self, settings: Any = None) -> None:
+        super().__init__(settings)
+        limit = settings.max_tokens_limit if settings is not None else 4096
+        self.threshold = 0.9 * limit
+
+    def hit(self, f: EventFeatures) -> bool:
+        return f.max_tokens is not None and f.max_tokens >= self.threshold
+
+
+@register_signal
+class MultiChoiceSignal(_Share):
+    """Share of requests with ``n > 1`` (several samples of one prompt: distillation data)."""
+
+    name = "multi_choice"
+    group = "intent"
+    weight = 0.3
+    lo, hi = 0.2, 0.8
+    description = "share of requests asking for several choices (n > 1)"
+    what = "ask for several choices (n > 1)"
+
+    def hit(self, f: EventFeatures) -> bool:
+        return f.n > 1
+
+
+@register_signal
+class LogprobsSignal(_Share):
+    """Share of requests asking for log-probabilities (soft labels for a student)."""
+
+    name = "logprobs"
+    group = "intent"
+    weight = 0.3
+    lo, hi = 0.2, 0.8
+    description = "share of requests asking for token log-probabilities"
+    what = "ask for token log-probabilities"
+
+    def hit(self, f: EventFeatures) -> bool:
+        return f.logprobs
+
+
+@register_signal
+class IdenticalParamsSignal(_Share):
+    """Share of requests with the account's most common sampling parameters.
+
+    Weak alone (any application sends fixed parameters), so its weight is small; it
+    separates scripted traffic from people who change settings.
+    """
+
+    name = "identical_params"
+    group = "automation"
+    weight = 0.15
+    lo, hi = 0.9, 1.0
+    description = "share of requests with exactly the account's most common parameters"
+    min_requests = 20
+
+    def new_state(self) -> list[Any]:
+        # [requests, {params key: count}] with at most 8 keys (Misra-Gries summary).
+        return [0, {}]
+
+    def observe(self, state: list[Any], f: EventFeatures) -> None:
+        state[0] += 1
+        counts: dict[int, int] = state[1]
+        key = f.params_key
+        if key in counts or len(counts) < 8:
+            counts[key] = counts.get(key, 0) + 1
+        else:
+            for k in list(counts):
+                counts[k] -= 1
+                if counts[k] <= 0:
+                    del counts[k]
+
+    def value(self, state: list[Any]) -> float | None:
+        if state[0] < self.min_requests or not state[1]:
+            return None
+        return max(state[1].values()) / state[0]
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return (f"{_pct(value)} of requests use identical sampling parameters "
+                f"({_vs(baseline, '{:.0%}')})")
+
+
+@register_signal
+class SingleTurnSignal(_Share):
+    """Share of requests that carry no earlier assistant turn (no follow-up questions)."""
+
+    name = "single_turn"
+    group = "intent"
+    weight = 0.15
+    lo, hi = 0.9, 1.0
+    min_requests = 20
+    description = "share of requests without any follow-up turn"
+    what = "are single-shot asks with no follow-up turn"
+
+    def hit(self, f: EventFeatures) -> bool:
+        return f.assistant_turns == 0
+
+
+@register_signal
+class LongCompletionSignal(_Share):
+    """Share of successful completions that are long or hit their ``max_tokens`` cap."""
+
+    name = "long_completions"
+    group = "intent"
+    weight = 0.45
+    lo, hi = 0.3, 0.8
+    description = f"share of completions of {LONG_COMPLETION_TOKENS}+ tokens or cut at max_tokens"
+    what = f"got completions of {LONG_COMPLETION_TOKENS}+ tokens or cut at max_tokens"
+
+    def observe(self, state: list[int], f: EventFeatures) -> None:
+        if f.ok:
+            super().observe(state, f)
+
+    def hit(self, f: EventFeatures) -> bool:
+        out = f.event.completion_tokens
+        cap = f.max_tokens
+        return out >= LONG_COMPLETION_TOKENS or (cap is not None and cap >= 64
+                                                 and out >= 0.95 * cap * max(f.n, 1))
+
+
+@register_signal
+class ElicitationSignal(_Share):
+    """Share of prompts that elicit reasoning traces or build datasets.
+
+    A prompt counts when it asks for step-by-step reasoning, chain of thought, rubric
+    grading, safe rewrites, JSON rows or numbered synthetic tasks, judged by the
+    pipeline's ``Elicitation`` detector (multilingual cue patterns plus embedding
+    similarity to exemplar prompts in several languages).
+    """
+
+    name = "elicitation"
+    group = "intent"
+    weight = 0.6
+    lo, hi = 0.25, 0.7
+    description = "share of prompts eliciting reasoning traces or dataset rows"
+    what = "elicit reasoning traces or dataset rows"
+
+    def hit(self, f: EventFeatures) -> bool:
+        return f.elicits
+
+
+@register_signal
+class TemplatingSignal(_Share):
+    """Share of prompts that fill a skeleton the account already used.
+
+    A prompt's skeleton is its last user turn with numbers, names and quoted spans
+    masked; two skeletons match when they share a MinHash LSH band (Jaccard of word
+    3-grams above about 0.6). The state remembers at most 512 band hashes.
+    """
+
+    name = "templating"
+    group = "automation"
+    weight = 0.45
+    lo, hi = 0.4, 0.85
+    min_requests = 15
+    description = "share of prompts that reuse an earlier prompt skeleton of the account"
+    what = "reuse an earlier prompt skeleton (numbers, names, quotes masked)"
+
+    def new_state(self) -> list[Any]:
+        return [0, 0, set()]  # reused, prompts, bands seen
+
+    def observe(self, state: list[Any], f: EventFeatures) -> None:
+        if not f.bands:
+            return
+        seen: set[int] = state[2]
+        state[1] += 1
+        if not seen.isdisjoint(f.bands):
+            state[0] += 1
+        if len(seen) < 512:
+            seen.update(f.bands)
+
+
+@register_signal
+class CoverageSignal:
+    """How evenly the account's prompts spread over the topic map (normalised entropy).
+
+    A person asks about their own work and hobbies (a few topics); a harvester sweeps a
+    capability area topic after topic. The value is the entropy of the account's topic
+    histogram divided by log(topics): 0 for one topic, 1 for a perfectly even sweep.
+    ``explain`` adds the distinct topics and the embedding dispersion (1 - length of the
+    mean unit vector).
+    """
+
+    name = "coverage"
+    group = "intent"
+    weight = 0.35
+    description = "how evenly prompts sweep the topic map (normalised entropy)"
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def new_state(self) -> list[Any]:
+        return [0, None, None]  # prompts, topic counts (int32), sum of unit vectors
+
+    def observe(self, state: list[Any], f: EventFeatures) -> None:
+        if f.topic < 0 or f.embedding is None:
+            return
+        if state[1] is None:
+            state[1] = {}
+            state[2] = np.zeros(len(f.embedding), dtype=np.float32)
+        state[0] += 1
+        state[1][f.topic] = state[1].get(f.topic, 0) + 1
+        state[2] += f.embedding
+
+    @staticmethod
+    def entropy(counts: dict[int, int], topics: int) -> float:
+        total = sum(counts.values())
+        if total == 0 or topics < 2:
+            return 0.0
+        h = -sum(c / total * math.log(c / total) for c in counts.values())
+        return h / math.log(topics)
+
+    def topics(self) -> int:
+        return getattr(self, "n_topics", 48)
+
+    def value(self, state: list[Any]) -> float | None:
+        if state[0] < MIN_TOPIC_PROMPTS:
+            return None
+        return self.entropy(state[1], self.topics())
+
+    def dispersion(self, state: list[Any]) -> float | None:
+        if not state[0]:
+            return None
+        return 1.0 - float(np.linalg.norm(state[2])) / state[0]
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        return ramp(value, 0.7, 0.9)
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return (f"prompts spread over the topic map with normalised entropy {value:.2f} "
+                f"(1.00 = even sweep of all {self.topics()} topics; {_vs(baseline)})")
+
+
+@register_signal
+class OutputRatioSignal:
+    """Completion tokens per prompt token over the account's successful requests."""
+
+    name = "output_ratio"
+    group = "intent"
+    weight = 0.35
+    description = "completion tokens per prompt token"
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def new_state(self) -> list[int]:
+        return [0, 0, 0]  # prompt tokens, completion tokens, requests
+
+    def observe(self, state: list[int], f: EventFeatures) -> None:
+        if f.ok:
+            state[0] += f.event.prompt_tokens
+            state[1] += f.event.completion_tokens
+            state[2] += 1
+
+    def value(self, state: list[int]) -> float | None:
+        if state[2] < 10:
+            return None
+        return state[1] / max(state[0], 1)
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        return ramp(math.log10(max(value, 1e-6)), math.log10(4), math.log10(20))
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return f"{value:.1f} completion tokens per prompt token ({_vs(baseline, '{:.1f}')})"
+
+
+@register_signal
+class RegularitySignal:
+    """Coefficient of variation of inter-arrival gaps (gaps under 10 minutes).
+
+    People are bursty (CV above 1); a script sleeping a fixed interval is clockwork (CV
+    near 0). Running moments only: count, mean, M2 (Welford).
+    """
+
+    name = "regularity"
+    group = "automation"
+    weight = 0.4
+    description = "coefficient of variation of inter-arrival gaps (low = clockwork)"
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def new_state(self) -> list[float]:
+        return [-1.0, 0, 0.0, 0.0]  # last ts, gaps, mean, M2
+
+    def observe(self, state: list[float], f: EventFeatures) -> None:
+        last = state[0]
+        state[0] = f.ts
+        if last < 0:
+            return
+        gap = f.ts - last
+        if gap < 0 or gap > MAX_GAP_S:
+            return
+        n = state[1] + 1
+        delta = gap - state[2]
+        state[1] = n
+        state[2] += delta / n
+        state[3] += delta * (gap - state[2])
+
+    def value(self, state: list[float]) -> float | None:
+        n, mean = state[1], state[2]
+        if n < 20 or mean <= 0:
+            return None
+        return math.sqrt(state[3] / (n - 1)) / mean
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        return ramp(value, 0.5, 0.15)
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return (f"inter-arrival gaps vary by CV {value:.2f} (clockwork near 0, people "
+                f"above 1; {_vs(baseline)})")
+
+
+@register_signal
+class ParallelismSignal:
+    """Mean number of the account's requests in flight when one arrives (itself included).
+
+    Keeps the end times of at most 64 in-flight requests.
+    """
+
+    name = "parallelism"
+    group = "automation"
+    weight = 0.35
+    description = "mean requests in flight at each arrival"
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def new_state(self) -> list[Any]:
+        return [[], 0, 0]  # end times in flight, requests, sum of in-flight counts
+
+    def observe(self, state: list[Any], f: EventFeatures) -> None:
+        ends: list[float] = state[0]
+        ts = f.ts
+        live = [e for e in ends if e > ts]
+        live.append(f.end_ts)
+        if len(live) > 64:
+            live.sort()
+            del live[:-64]
+        state[0] = live
+        state[1] += 1
+        state[2] += len(live)
+
+    def value(self, state: list[Any]) -> float | None:
+        return state[2] / state[1] if state[1] >= 10 else None
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        return ramp(value, 2.0, 8.0)
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return f"{value:.1f} requests in flight on average at each arrival ({_vs(baseline, '{:.1f}')})"
+
+
+class _Rate:
+    """Requests (or tokens) per hour of the account's active span vs the population."""
+
+    group = "volume"
+    weight = 0.45
+    unit = "requests"
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def new_state(self) -> list[float]:
+        return [0.0, 0.0, 0.0]  # first ts, last ts, amount
+
+    def amount(self, f: EventFeatures) -> float:
+        return 1.0
+
+    def observe(self, state: list[float], f: EventFeatures) -> None:
+        if state[2] == 0 and state[0] == 0:
+            state[0] = f.ts
+        state[1] = f.ts
+        state[2] += self.amount(f)
+
+    def value(self, state: list[float]) -> float | None:
+        if state[2] <= 0:
+            return None
+        hours = max((state[1] - state[0]) / 3600.0, 1.0)  # at least an hour: no bursts
+        return state[2] / hours
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        if baseline is None or baseline.accounts < 10 or baseline.median <= 0:
+            return 0.0
+        # 4x the median starts to count, 40x is as suspicious as volume gets.
+        return ramp(math.log10(max(value, 1e-9) / baseline.median), math.log10(4), 2 - math.log10(2.5))
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        ratio = f", {value / baseline.median:.0f}x the median" if baseline and baseline.median > 0 else ""
+        return (f"{value:,.0f} {self.unit} per hour{ratio} ({_vs(baseline, '{:,.0f}')})")
+
+
+@register_signal
+class RequestRateSignal(_Rate):
+    """Requests per hour of activity, against the population median."""
+
+    name = "request_rate"
+    description = "requests per hour of activity vs the population"
+
+
+@register_signal
+class OutputRateSignal(_Rate):
+    """Completion tokens per hour of activity, against the population median."""
+
+    name = "output_rate"
+    unit = "completion tokens"
+    weight = 0.55
+    description = "completion tokens per hour of activity vs the population"
+
+    def amount(self, f: EventFeatures) -> float:
+        return float(f.event.completion_tokens)
+
+
+@register_signal
+class DutyCycleSignal:
+    """Share of minutes with at least one request, over the account's active span.
+
+    Sustained: a person works in sessions; a harvester keeps every minute busy. Needs a
+    span of 30 minutes before it says anything.
+    """
+
+    name = "duty_cycle"
+    group = "automation"
+    weight = 0.3
+    description = "share of minutes with requests over the active span"
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def new_state(self) -> list[int]:
+        return [-1, -1, 0]  # first minute, last minute, active minutes
+
+    def observe(self, state: list[int], f: EventFeatures) -> None:
+        minute = int(f.ts // 60)
+        if state[0] < 0:
+            state[0] = minute
+        if minute != state[1]:
+            state[1] = minute
+            state[2] += 1
+
+    def value(self, state: list[int]) -> float | None:
+        span = state[1] - state[0] + 1
+        return state[2] / span if span >= 30 else None
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        return ramp(value, 0.4, 0.9)
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return f"requests in {_pct(value)} of the minutes of its active span ({_vs(baseline, '{:.0%}')})"
+
+
+@register_signal
+class AllHoursSignal:
+    """Share of the 24 hours of the day (UTC) with activity; needs a day of history.
+
+    People sleep; a pipeline running around the clock does not.
+    """
+
+    name = "all_hours"
+    group = "automation"
+    weight = 0.3
+    description = "share of the 24 hours of day with requests"
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def new_state(self) -> list[float]:
+        return [0, -1.0, 0.0]  # hour bitmask, first ts, last ts
+
+    def observe(self, state: list[float], f: EventFeatures) -> None:
+        state[0] = int(state[0]) | (1 << int((f.ts // 3600) % 24))
+        if state[1] < 0:
+            state[1] = f.ts
+        state[2] = f.ts
+
+    def value(self, state: list[float]) -> float | None:
+        if state[2] - state[1] < 20 * 3600:
+            return None
+        return bin(int(state[0])).count("1") / 24
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        return ramp(value, 16 / 24, 23 / 24)
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return f"active in {round(value * 24)} of the 24 hours of the day ({_vs(baseline, '{:.0%}')})"
+
+
+@register_signal
+class RateSurgeSignal:
+    """Requests in the current hour against the account's own average active hour.
+
+    Own history: an account that suddenly runs far above its habit (a bought or
+    hijacked account turned harvester). EWMA over completed active hours.
+    """
+
+    name = "rate_surge"
+    group = "volume"
+    weight = 0.3
+    description = "requests this hour vs the account's own average hour"
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def new_state(self) -> list[float]:
+        return [-1, 0, 0.0, 0, 0.0]  # current hour, its count, EWMA, hours, max ratio
+
+    def observe(self, state: list[float], f: EventFeatures) -> None:
+        hour = int(f.ts // 3600)
+        if hour != state[0]:
+            if state[0] >= 0:
+                state[2] = state[1] if state[3] == 0 else 0.7 * state[2] + 0.3 * state[1]
+                state[3] += 1
+            state[0] = hour
+            state[1] = 0
+        state[1] += 1
+        if state[3] >= 3 and state[2] > 0:
+            state[4] = max(state[4], state[1] / state[2])
+
+    def value(self, state: list[float]) -> float | None:
+        return state[4] if state[3] >= 3 else None
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        return ramp(value, 5.0, 30.0)
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return (f"peak hour ran {value:.1f}x the account's own average active hour "
+                f"({_vs(baseline, '{:.1f}')})")

@@ -1,0 +1,147 @@
+"""The ``Signal`` interface, its registry by name, and what a signal reports.
+
+A signal keeps a small state per account (bounded: counters, running moments, capped
+tables; never a history), updates it from each event's ``EventFeatures``, and reports
+one number, its ``value``. ``strength`` maps that value, given the population's
+``Baseline`` for the same signal, to [0, 1]; ``explain`` says it in words. Signals belong
+to one of three groups, which account scoring combines (see ``scoring``):
+
+- ``intent``: what the account extracts (long outputs, reasoning traces, topic sweeps);
+- ``automation``: how it sends (clockwork timing, parallelism, templates);
+- ``volume``: how much, against its own history and the population.
+
+Built-in signals register in ``detection.builtin`` exactly as a third-party one would::
+
+    @register_signal
+    class MySignal: name = "my_signal"; ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from distillguard.config import Settings
+    from distillguard.telemetry.events import RequestEvent
+
+GROUPS = ("intent", "automation", "volume")
+
+
+@dataclasses.dataclass(slots=True)
+class EventFeatures:
+    """What the pipeline derives once per event and hands to every signal.
+
+    ``topic`` is the prompt's nearest topic in the topic map (-1 without embeddings);
+    ``embedding`` its unit vector (None without embeddings); ``elicits`` whether the prompt
+    asks for reasoning traces or dataset rows; ``bands`` the LSH bands of its masked
+    skeleton; ``ok`` whether the request succeeded (economics count only those).
+    """
+
+    event: RequestEvent
+    ts: float
+    end_ts: float
+    ok: bool
+    params_key: int
+    max_tokens: int | None
+    n: int
+    logprobs: bool
+    assistant_turns: int
+    bands: tuple[int, ...]
+    topic: int
+    embedding: np.ndarray | None
+    elicits: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """A signal's value across the tracked population (accounts with enough events)."""
+
+    median: float
+    p90: float
+    accounts: int
+
+    def describe(self, fmt: str = "{:.2f}") -> str:
+        return (f"population median {fmt.format(self.median)}, 90th percentile "
+                f"{fmt.format(self.p90)} over {self.accounts} accounts")
+
+
+@runtime_checkable
+class Signal(Protocol):
+    """One per-account harvesting signal. Stateless itself; state lives per account."""
+
+    name: str
+    group: str  # one of GROUPS
+    weight: float  # how much a fully suspicious value counts within its group, in (0, 1]
+    description: str
+
+    def new_state(self) -> Any:
+        """A fresh per-account state (small and bounded)."""
+        ...
+
+    def observe(self, state: Any, features: EventFeatures) -> None:
+        """Update ``state`` with one event."""
+        ...
+
+    def value(self, state: Any) -> float | None:
+        """The signal's value, or None while there is too little data to say."""
+        ...
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        """How suspicious ``value`` is, in [0, 1] (0: normal)."""
+        ...
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        """The value and what it was compared to, in words an analyst can check."""
+        ...
+
+
+SignalFactory = Callable[["Settings | None"], Signal]
+_REGISTRY: dict[str, SignalFactory] = {}
+_BUILTINS_LOADED = False
+
+
+def register_signal(factory: Any) -> Any:
+    """Register a signal class (or factory ``(settings) -> Signal``) under its ``name``.
+
+    Usable as a class decorator. Registering a taken name is an error, so two plugins
+    never silently replace each other.
+    """
+    name = getattr(factory, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError("a signal needs a non-empty string attribute 'name'")
+    if name in _REGISTRY and _REGISTRY[name] is not factory:
+        raise ValueError(f"a signal named {name!r} is already registered")
+    _REGISTRY[name] = factory
+    return factory
+
+
+def _load_builtins() -> None:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        importlib.import_module("distillguard.detection.builtin")
+
+
+def signal_names() -> list[str]:
+    """Names of every registered signal, built-in and third-party."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def create_signal(name: str, settings: Settings | None = None) -> Signal:
+    """An instance of the signal registered as ``name``; KeyError names the choices."""
+    _load_builtins()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no signal named {name!r}; registered: "
+                       f"{', '.join(sorted(_REGISTRY))}") from None
+    signal = factory(settings)
+    if signal.group not in GROUPS:
+        raise ValueError(f"signal {name!r} has group {signal.group!r}, not one of {GROUPS}")
+    return signal

@@ -1,0 +1,119 @@
+"""Prompt text features shared by signals and campaigns: masking, MinHash, turns.
+
+Events record the prompt as ``role: text`` lines (see ``gateway.schema.prompt_text``).
+Templating is judged on the last user turn with its variable parts masked: numbers,
+quoted spans, capitalised names, e-mail addresses and URLs become placeholders, so
+"Solve: 17 + 4" and "Solve: 230 + 9" share a skeleton.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import numpy as np
+
+MINHASH_PERMUTATIONS = 32
+LSH_BANDS = 8  # 8 bands x 4 rows: pairs above ~0.6 Jaccard collide in some band
+_ROWS = MINHASH_PERMUTATIONS // LSH_BANDS
+# Most shingles hashed per prompt: bounds the cost of a pasted document.
+MAX_SHINGLES = 96
+
+_rng = np.random.default_rng(0x5EED)
+_A = (_rng.integers(1, 2**63, MINHASH_PERMUTATIONS, dtype=np.uint64) | np.uint64(1))
+_B = _rng.integers(0, 2**63, MINHASH_PERMUTATIONS, dtype=np.uint64)
+
+# Spans replaced before tokenising: URLs, e-mail addresses and quoted text.
+_SPANS = re.compile(r"https?://\S+|[\w.+-]+@[\w-]+\.[\w.]+|\"[^\"\n]{1,200}\"|“[^”\n]{1,200}”"
+                    r"|`[^`\n]{1,200}`|「[^」]{1,200}」|'[^'\n]{2,200}'(?!\w)")
+# Words, and the punctuation that ends a sentence (the next word may be capitalised).
+_WORD = re.compile(r"\w+|[.!?:;\n]", re.UNICODE)
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+_TURN = re.compile(r"^(system|user|assistant|tool|developer): ", re.MULTILINE)
+_SHIFT = np.uint64(16)
+_G1, _G2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
+_BAND_MIX = (_rng.integers(1, 2**63, _ROWS, dtype=np.uint64) | np.uint64(1))
+
+
+def last_user_turn(prompt: str) -> str:
+    """The text of the prompt's last user turn (the whole prompt if it has no roles)."""
+    starts = [m for m in _TURN.finditer(prompt)]
+    if not starts:
+        return prompt
+    for i in range(len(starts) - 1, -1, -1):
+        if starts[i].group(1) == "user":
+            end = starts[i + 1].start() if i + 1 < len(starts) else len(prompt)
+            return prompt[starts[i].end():end].strip()
+    return prompt[starts[-1].end():].strip()
+
+
+def assistant_turns(prompt: str) -> int:
+    """How many earlier assistant turns the prompt carries (0: a fresh, single-shot ask)."""
+    return sum(1 for m in _TURN.finditer(prompt) if m.group(1) == "assistant")
+
+
+_ENDS = frozenset(".!?:;\n")
+
+
+def skeleton_words(text: str) -> list[str]:
+    """The prompt's skeleton as words: variable parts become placeholders.
+
+    Quoted spans and URLs become ``"Q"``; numbers ``"#"``; a capitalised word that does
+    not start a sentence (most often a name) ``"N"``; other words are lower-cased. CJK
+    text, which has no spaces, is taken character by character.
+    """
+    text = _SPANS.sub(" Q ", text)
+    if _CJK.search(text):
+        return [c for c in text if not c.isspace()]
+    words = _WORD.findall(text)
+    out = []
+    prev = "."
+    for w in words:
+        if w in _ENDS:
+            prev = "."
+            continue
+        if w[0].isdigit():
+            out.append("#")
+        elif w == "Q":
+            out.append("Q")
+        elif w[0].isupper() and prev != "." and not w.isupper():
+            out.append("N")
+        else:
+            out.append(w.lower())
+        prev = w
+    return out
+
+
+def shingle_hashes(words: list[str]) -> np.ndarray:
+    """uint64 hashes of word 3-grams (of all words when fewer than 3)."""
+    if len(words) > MAX_SHINGLES + 2:
+        # Keep the head and the tail: templates show at both ends of a prompt.
+        half = MAX_SHINGLES // 2
+        words = words[:half + 2] + words[-half - 2:]
+    w = np.fromiter((zlib.crc32(x.encode()) for x in words), dtype=np.uint64,
+                    count=len(words))
+    if len(w) < 3:
+        return np.array([int(w.sum()) if len(w) else 0], dtype=np.uint64)
+    # Array arithmetic in uint64 wraps without warnings (scalars would warn).
+    return w[:-2] * _G1 + w[1:-1] * _G2 + w[2:]
+
+
+def minhash(hashes: np.ndarray) -> np.ndarray:
+    """MinHash signature (``MINHASH_PERMUTATIONS`` uint64) of a set of shingle hashes."""
+    # Multiply-shift hashing in wrapping uint64 arithmetic: cheap universal permutations.
+    return ((np.multiply.outer(_A, hashes) + _B[:, None]) >> _SHIFT).min(axis=1)
+
+
+def lsh_bands(signature: np.ndarray) -> tuple[int, ...]:
+    """One hash per LSH band; two prompts that share any band are near-duplicates."""
+    mixed = (signature.reshape(LSH_BANDS, _ROWS) * _BAND_MIX).sum(axis=1) >> _SHIFT
+    # The band number is folded in so that equal rows in different bands never match.
+    return tuple(v ^ band for band, v in enumerate(mixed.tolist()))
+
+
+def template_bands(turn: str) -> tuple[int, ...]:
+    """LSH bands of a user turn's skeleton (empty for an empty turn)."""
+    words = skeleton_words(turn)
+    if not words:
+        return ()
+    return lsh_bands(minhash(shingle_hashes(words)))

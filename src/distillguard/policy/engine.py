@@ -1,0 +1,206 @@
+"""``PolicyEngine``: rules turn risk into actions; admission reads them on every request.
+
+``current_action(account)`` is a dictionary lookup after one cheap version check: the
+engine holds every stored action in memory and reloads them all when the store's
+``version()`` moves (any process set or lifted one) or, for stores that cannot tell,
+when ``policy_cache_ttl`` has passed. Actions set through this engine apply to the
+account's very next request in this process; set by another process, on its next
+request after the version moves (SQLite) or within ``policy_cache_ttl`` (PostgreSQL).
+
+``admit(account)`` is what the gateway calls: block and challenge refuse; throttle
+admits through a per-account token bucket of ``base_rpm * rate_factor`` requests per
+minute (``base_rpm`` = ``rate_limit_rpm`` when set, else ``policy_throttle_rpm``), kept
+in this process, so it works without configured rate limits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from distillguard.policy.actions import SEVERITY, Action, Decision, check_action
+from distillguard.policy.rules import DEFAULT_RULES, Rule, load_rules
+from distillguard.telemetry.store import VERSION_UNKNOWN
+
+if TYPE_CHECKING:
+    from distillguard.config import Settings
+    from distillguard.detection.pipeline import DetectionPipeline
+    from distillguard.policy.store import ActionStore
+
+_NEUTRAL = "this account cannot use the API at the moment"
+
+
+class PolicyEngine:
+    """Actions per account: set by rules or analysts, cached, enforced by ``admit``."""
+
+    def __init__(self, store: ActionStore, rules: list[Rule] | None = None, *,
+                 cache_ttl: float = 1.0, base_rpm: float = 60.0,
+                 degrade_strength: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.rules = list(DEFAULT_RULES if rules is None else rules)
+        self.cache_ttl = cache_ttl
+        self.base_rpm = base_rpm
+        self.degrade_strength = degrade_strength
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._cache: dict[str, Action] = {}
+        self._version: int | None = None
+        self._loaded_at = -1.0
+        # account -> (tokens, monotonic time of last refill) of the throttle bucket
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PolicyEngine:
+        """The engine with the settings' action store, rules and throttle base rate."""
+        from distillguard.policy.store import open_action_store
+
+        rules = load_rules(settings.policy_file)
+        base = float(settings.rate_limit_rpm or settings.policy_throttle_rpm)
+        return cls(open_action_store(settings), rules, cache_ttl=settings.policy_cache_ttl,
+                   base_rpm=base, degrade_strength=settings.policy_degrade_watermark_strength)
+
+    # --- reading ---------------------------------------------------------------------
+    def _reload_if_stale(self) -> None:
+        version = self.store.version()
+        now = time.monotonic()
+        if version == self._version and (version != VERSION_UNKNOWN
+                                         or now - self._loaded_at < self.cache_ttl):
+            return
+        actions = self.store.actions()
+        with self._lock:
+            self._cache = {a.account: a for a in actions}
+            self._version = version
+            self._loaded_at = now
+
+    def current_action(self, account: str) -> Action | None:
+        """The account's action in force now, or None (expired actions are None)."""
+        self._reload_if_stale()
+        action = self._cache.get(account)
+        if action is None or not action.active(self.clock()):
+            return None
+        return action
+
+    def admit(self, account: str) -> Decision:
+        """Whether the account's request may proceed now, and under which action."""
+        action = self.current_action(account)
+        if action is None or action.kind in ("allow", "degrade"):
+            return Decision(True, action=action)
+        if action.kind == "block":
+            return Decision(False, reason=_NEUTRAL, action=action)
+        if action.kind == "challenge":
+            return Decision(False, reason="this account must be verified again before it "
+                                          "can use the API", action=action)
+        return self._take_token(account, action)
+
+    def _take_token(self, account: str, action: Action) -> Decision:
+        per_s = self.base_rpm * (action.rate_factor or 1.0) / 60.0
+        capacity = max(1.0, per_s * 10.0)  # bursts of up to 10 s of the throttled rate
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(account, (capacity, now))
+            tokens = min(capacity, tokens + (now - last) * per_s)
+            if tokens >= 1.0:
+                self._buckets[account] = (tokens - 1.0, now)
+                return Decision(True, action=action)
+            self._buckets[account] = (tokens, now)
+        return Decision(False, retry_after=(1.0 - tokens) / per_s,
+                        reason="rate limit reached for this account", action=action)
+
+    # --- changing --------------------------------------------------------------------
+    def set_action(self, account: str, kind: str, *, reason: str, author: str,
+                   ttl: float | None = None, rate_factor: float | None = None) -> Action:
+        """Store a new action for the account; it applies to its next request.
+
+        ValueError on an unknown kind, a bad rate_factor or a non-positive ttl.
+        """
+        check_action(kind, rate_factor)
+        if ttl is not None and ttl <= 0:
+            raise ValueError("ttl must be positive seconds")
+        now = self.clock()
+        action = Action(account, kind, reason, author, now,
+                        None if ttl is None else now + ttl, rate_factor)
+        self.store.set_action(action)
+        with self._lock:
+            self._cache[account] = action
+            self._buckets.pop(account, None)
+            self._version = None  # our own write moved the version: reload next time
+        return action
+
+    def lift(self, account: str, *, author: str, reason: str = "") -> Action | None:
+        """Remove the account's action (audited); the lifted action, or None if none."""
+        lifted = self.store.lift(account, author=author, reason=reason)
+        with self._lock:
+            self._cache.pop(account, None)
+            self._buckets.pop(account, None)
+            self._version = None
+        return lifted
+
+    def actions(self) -> list[Action]:
+        """Actions in force now."""
+        self._reload_if_stale()
+        now = self.clock()
+        return [a for a in self._cache.values() if a.active(now)]
+
+    def audit(self, *, account: str | None = None, limit: int = 100) -> list[Any]:
+        """The audit log, newest first."""
+        return self.store.audit(account=account, limit=limit)
+
+    def watermark_strength(self, account: str) -> float:
+        """Strength to ask the watermark for: ``degrade_strength`` under degrade, else 1."""
+        action = self.current_action(account)
+        return self.degrade_strength if action and action.kind == "degrade" else 1.0
+
+    # --- rules -----------------------------------------------------------------------
+    def evaluate(self, pipeline: DetectionPipeline) -> list[Action]:
+        """Apply the rules to every tracked account and campaign; return actions set.
+
+        Call after ``pipeline.refresh()``. An analyst's action is never replaced by a
+        rule while it lasts; a rule replaces a rule's action only with a more severe one.
+        """
+        wanted: dict[str, tuple[Rule, str]] = {}
+
+        def want(account: str, rule: Rule, why: str) -> None:
+            held = wanted.get(account)
+            if held is None or SEVERITY[rule.action] > SEVERITY[held[0].action]:
+                wanted[account] = (rule, why)
+
+        account_rules = [r for r in self.rules if r.scope == "account"]
+        campaign_rules = [r for r in self.rules if r.scope == "campaign"]
+        if account_rules:
+            for account in pipeline.accounts():
+                risk = pipeline.account_risk(account)
+                strengths = {r.signal: r.strength for r in risk.reasons}
+                for rule in account_rules:
+                    if risk.risk < rule.min_risk or risk.events < rule.min_events:
+                        continue
+                    if rule.signal and strengths.get(rule.signal, 0.0) < rule.min_strength:
+                        continue
+                    top = "; ".join(r.message for r in risk.reasons[:3])
+                    want(account, rule, f"risk {risk.risk:.2f} >= {rule.min_risk:.2f}: {top}")
+        for campaign in pipeline.campaigns() if campaign_rules else ():
+            for rule in campaign_rules:
+                if campaign.risk >= rule.min_risk:
+                    why = (f"campaign {campaign.campaign_id} ({len(campaign.members)} "
+                           f"accounts) risk {campaign.risk:.2f} >= {rule.min_risk:.2f}: "
+                           + "; ".join(e.message for e in campaign.evidence))
+                    for member in campaign.members:
+                        want(member, rule, why)
+        changed = []
+        for account, (rule, why) in wanted.items():
+            current = self.current_action(account)
+            if current is not None:
+                if current.author.startswith("analyst:"):
+                    continue
+                if SEVERITY[current.kind] >= SEVERITY[rule.action]:
+                    continue
+            changed.append(self.set_action(
+                account, rule.action, reason=rule.reason or f"rule {rule.name}: {why}",
+                author=f"rule:{rule.name}", ttl=rule.ttl, rate_factor=rule.rate_factor))
+        return changed
+
+    def close(self) -> None:
+        """Release the action store."""
+        self.store.close()

@@ -1,0 +1,148 @@
+"""Policy rules: which risk and signals lead to which action, read from TOML.
+
+Rules live in the ``[policy]`` section of the file named by the ``policy_file`` setting
+(it may be the settings file itself; ``config.py`` skips sub-tables)::
+
+    [[policy.rules]]
+    name = "block-harvester"      # the action's author becomes "rule:block-harvester"
+    action = "block"              # allow | throttle | challenge | degrade | block
+    min_risk = 0.8                # account risk (its campaign's included) at least this
+    ttl = "24h"                   # seconds, or a number with s / m / h / d
+    # optional:
+    scope = "account"             # or "campaign": compare the campaign's risk instead
+    signal = "elicitation"        # and require this signal's strength ...
+    min_strength = 0.8            # ... at least this
+    min_events = 20               # and at least this many events from the account
+    rate_factor = 0.2             # throttle only: requests per minute times this
+    reason = "free text"          # shown to analysts; default: the rule and the risk
+
+Without a policy file, ``DEFAULT_RULES`` apply. When several rules match an account
+the most severe action wins (block > challenge > throttle > degrade > allow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from distillguard.config import SettingsError
+from distillguard.policy.actions import check_action
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One policy rule (see the module docstring for its fields)."""
+
+    name: str
+    action: str
+    min_risk: float = 0.0
+    ttl: float | None = None
+    scope: str = "account"
+    signal: str | None = None
+    min_strength: float = 0.0
+    min_events: int = 0
+    rate_factor: float | None = None
+    reason: str | None = None
+
+
+DEFAULT_RULES = (
+    Rule("block-harvester", "block", min_risk=0.8, ttl=86400.0),
+    Rule("throttle-campaign", "throttle", min_risk=0.5, ttl=6 * 3600.0, scope="campaign",
+         rate_factor=0.1),
+    Rule("throttle-suspect", "throttle", min_risk=0.6, ttl=3600.0, rate_factor=0.2),
+    Rule("degrade-elicitation", "degrade", min_risk=0.4, ttl=6 * 3600.0,
+         signal="elicitation", min_strength=0.8),
+)
+
+
+def parse_duration(value: Any, where: str) -> float | None:
+    """Seconds from a number or a string like ``90s``, ``15m``, ``6h``, ``7d``."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise SettingsError(f"{where}: ttl must be seconds or like '15m', '6h', '7d', "
+                                f"got {value!r}")
+        seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if seconds <= 0:
+        raise SettingsError(f"{where}: ttl must be positive, got {value!r}")
+    return seconds
+
+
+def parse_rules(section: Any, source: str) -> list[Rule]:
+    """Rules from a ``[policy]`` table; SettingsError names the bad rule and field."""
+    if not isinstance(section, dict):
+        raise SettingsError(f"{source}: [policy] must be a table")
+    unknown = set(section) - {"rules"}
+    if unknown:
+        raise SettingsError(f"{source}: unknown key(s) in [policy]: {', '.join(sorted(unknown))}")
+    raw = section.get("rules", [])
+    if not isinstance(raw, list):
+        raise SettingsError(f"{source}: policy.rules must be an array of tables")
+    fields = {f.name for f in dataclasses.fields(Rule)}
+    rules = []
+    for i, item in enumerate(raw):
+        where = f"{source}: policy.rules[{i}]"
+        if not isinstance(item, dict):
+            raise SettingsError(f"{where} must be a table")
+        extra = set(item) - fields
+        if extra:
+            raise SettingsError(f"{where}: unknown field(s) {', '.join(sorted(extra))}")
+        if not isinstance(item.get("name"), str) or not item["name"]:
+            raise SettingsError(f"{where}: 'name' must be a non-empty string")
+        where = f"{source}: rule {item['name']!r}"
+        try:
+            rule = Rule(
+                name=item["name"], action=str(item.get("action", "")),
+                min_risk=float(item.get("min_risk", 0.0)),
+                ttl=parse_duration(item.get("ttl"), where),
+                scope=str(item.get("scope", "account")),
+                signal=item.get("signal"),
+                min_strength=float(item.get("min_strength", 0.0)),
+                min_events=int(item.get("min_events", 0)),
+                rate_factor=(float(item["rate_factor"]) if "rate_factor" in item else None),
+                reason=item.get("reason"))
+            check_action(rule.action, rule.rate_factor)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+        if rule.scope not in ("account", "campaign"):
+            raise SettingsError(f"{where}: scope must be 'account' or 'campaign'")
+        if not 0.0 <= rule.min_risk <= 1.0:
+            raise SettingsError(f"{where}: min_risk must lie in [0, 1]")
+        if rule.signal is not None:
+            from distillguard.detection.signals import signal_names
+
+            if rule.signal not in signal_names():
+                raise SettingsError(f"{where}: no signal named {rule.signal!r}; known: "
+                                    f"{', '.join(signal_names())}")
+        rules.append(rule)
+    return rules
+
+
+def load_rules(policy_file: str | Path | None) -> list[Rule]:
+    """The rules of ``policy_file``'s [policy] section; ``DEFAULT_RULES`` without a file
+    or when the file has no [policy] section."""
+    if not policy_file:
+        return list(DEFAULT_RULES)
+    path = Path(policy_file)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise SettingsError(f"cannot read policy file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"policy file {path} is not valid TOML: {exc}") from None
+    section = data.get("policy")
+    if section is None and isinstance(data.get("distillguard"), dict):
+        section = data["distillguard"].get("policy")
+    if section is None:
+        return list(DEFAULT_RULES)
+    return parse_rules(section, str(path))

@@ -1,0 +1,204 @@
+"""Harvest detection: readable risk for a harvester, none for heavy legitimate use,
+a swarm found as a campaign, and every registered signal loads."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from distillguard.detection.elicitation import EXEMPLARS
+from distillguard.detection.embedder import CachedEmbedder
+from distillguard.detection.pipeline import DetectionPipeline
+from distillguard.detection.signals import Signal, create_signal, register_signal, signal_names
+from distillguard.detection.text import skeleton_words, template_bands
+from distillguard.telemetry.events import RequestEvent
+
+T0 = 1_700_000_000.0
+TOPICS = ["gardening tomatoes", "python decorators", "roman history", "tax deductions",
+          "marathon training", "wedding speech", "linear algebra", "cat nutrition",
+          "excel formulas", "french verbs", "kubernetes pods", "sourdough bread"]
+
+
+def event(account: str, ts: float, prompt: str, *, out: int = 200, inp: int = 60,
+          params: dict | None = None, addr: str = "203.0.113.9", ua: str = "Mozilla/5.0",
+          latency_ms: float = 1500.0, i: int = 0) -> RequestEvent:
+    return RequestEvent(ts=ts, request_id=f"{account}-{i}-{ts}", endpoint="/v1/chat/completions",
+                        status=200, latency_ms=latency_ms, account=account, client_addr=addr,
+                        user_agent=ua, params=params or {}, prompt=prompt, prompt_tokens=inp,
+                        completion_tokens=out)
+
+
+def harvester(n: int = 200) -> list[RequestEvent]:
+    rnd = random.Random(1)
+    return [event("harvest", T0 + 2.0 * i,
+                  f"user: Think step by step and show your reasoning before the final answer: "
+                  f"how many {rnd.choice(TOPICS)} facts fit in {rnd.randint(2, 900)} lines?",
+                  out=1500, inp=40, params={"max_tokens": 4096, "temperature": 0.7},
+                  ua="python-httpx/0.27", latency_ms=8000, i=i) for i in range(n)]
+
+
+def person(name: str, n: int, rnd: random.Random, *, scale: float = 1.0) -> list[RequestEvent]:
+    out, ts = [], T0 + rnd.uniform(0, 600)
+    for i in range(n):
+        ts += rnd.expovariate(1 / (90 * scale)) + (rnd.random() < 0.1) * rnd.uniform(600, 3000)
+        topic = rnd.choice(TOPICS)
+        words = " ".join(rnd.choice(["why", "how", "does", "my", "the", "best", "quick",
+                                     "again", "really", "it", topic]) for _ in range(9))
+        turn = (f"user: tell me about {topic}\nassistant: sure, here goes\nuser: {words}"
+                if rnd.random() < 0.5 else f"user: {words} {topic}?")
+        out.append(event(name, ts, turn, out=int(rnd.lognormvariate(5.3, 0.6)),
+                         inp=rnd.randint(20, 400),
+                         params={"temperature": rnd.choice([0.7, 1.0]), "max_tokens": 1024},
+                         addr=f"198.51.{rnd.randint(0, 200)}.{rnd.randint(1, 250)}", i=i))
+    return out
+
+
+def population(rnd: random.Random, users: int = 25) -> list[RequestEvent]:
+    events = []
+    for u in range(users):
+        events += person(f"user{u}", rnd.randint(25, 60), rnd)
+    return events
+
+
+def run(events: list[RequestEvent], **kwargs) -> DetectionPipeline:
+    pipeline = DetectionPipeline(**kwargs)
+    for e in sorted(events, key=lambda e: e.ts):
+        pipeline.observe(e)
+    pipeline.refresh()
+    return pipeline
+
+
+def test_every_registered_signal_loads_and_reports():
+    names = signal_names()
+    assert {"elicitation", "templating", "coverage", "regularity", "parallelism",
+            "request_rate", "output_ratio", "logprobs", "multi_choice"} <= set(names)
+    for name in names:
+        signal = create_signal(name)
+        assert isinstance(signal, Signal) and signal.name == name
+        state = signal.new_state()
+        assert signal.value(state) is None  # no data yet: nothing to say
+
+
+def test_third_party_signal_registers_like_builtins():
+    @register_signal
+    class Weekend:
+        name = "test_weekend"
+        group = "automation"
+        weight = 0.1
+        description = "test"
+
+        def __init__(self, settings=None): ...
+        def new_state(self): return [0]
+        def observe(self, state, f): state[0] += 1
+        def value(self, state): return float(state[0])
+        def strength(self, value, baseline): return 0.0
+        def explain(self, value, baseline): return f"{value} events"
+
+    assert "test_weekend" in signal_names()
+    with pytest.raises(ValueError):
+        register_signal(type("Other", (), {"name": "test_weekend"}))
+
+
+def test_templates_match_after_masking_numbers_names_quotes():
+    a = 'user: Translate "good morning" for Alice, who is 31, into French.'
+    b = 'user: Translate "see you tomorrow" for Bob, who is 7, into French.'
+    c = "user: what should I plant in a shady garden in late autumn?"
+    assert skeleton_words(a[6:]) == skeleton_words(b[6:])
+    assert set(template_bands(a[6:])) == set(template_bands(b[6:]))
+    assert not set(template_bands(a[6:])) & set(template_bands(c[6:]))
+
+
+def test_harvester_gets_high_risk_with_readable_reasons():
+    rnd = random.Random(7)
+    pipeline = run(population(rnd) + harvester())
+    risk = pipeline.account_risk("harvest")
+    assert risk.risk >= 0.8  # the default rules block from 0.8
+    by_signal = {r.signal: r for r in risk.reasons}
+    assert {"elicitation", "long_completions", "max_tokens_max", "regularity"} <= set(by_signal)
+    # Each reason names the value and the population it was held to.
+    assert "population median" in by_signal["output_rate"].message
+    assert "100%" in by_signal["elicitation"].message
+    ranked = pipeline.ranked(limit=3)
+    assert ranked[0].account == "harvest"
+
+
+def test_benign_users_and_heavy_legitimate_users_stay_low():
+    rnd = random.Random(11)
+    events = population(rnd, users=30)
+    # An evaluation harness: templated, parallel, clockwork, logprobs, tiny answers.
+    events += [event("evals", T0 + 0.5 * i,
+                     f"user: Question: which is true of {TOPICS[i % 12]} item {i}?\n"
+                     f"A) one B) two C) three D) four\nAnswer:", out=1, inp=80,
+                     params={"temperature": 0, "max_tokens": 1, "logprobs": True},
+                     ua="lm-eval/0.4", latency_ms=4000, i=i) for i in range(1500)]
+    # A team sharing one key: many people's traffic interleaved.
+    for member in range(8):
+        events += [e for e in person("team", 60, random.Random(member), scale=0.5)]
+    pipeline = run(events)
+    for account in ["evals", "team"] + [f"user{u}" for u in range(30)]:
+        assert pipeline.account_risk(account).risk < 0.6, pipeline.account_risk(account)
+
+
+def test_swarm_under_rate_limits_is_found_as_a_campaign():
+    rnd = random.Random(3)
+    events = population(rnd, users=30)
+    for m in range(20):
+        ts = T0 + rnd.uniform(0, 60)
+        for i in range(30):
+            ts += rnd.uniform(50, 70)  # ~1 request a minute: under any rate limit
+            events.append(event(
+                f"swarm{m}", ts, f"user: You are a tutor. Explain step by step, with all "
+                f"reasoning: {TOPICS[(m + i) % 12]} question number {rnd.randint(1, 99999)}",
+                out=900, inp=50, params={"max_tokens": 2048, "temperature": 0.8},
+                addr=f"192.0.{rnd.randint(0, 255)}.{rnd.randint(1, 250)}",
+                ua="python-requests/2.31", latency_ms=6000, i=i))
+    pipeline = run(events)
+    campaigns = pipeline.campaigns()
+    assert campaigns, "no campaign found"
+    top = campaigns[0]
+    assert {f"swarm{m}" for m in range(20)} <= set(top.members)
+    assert not any(a.startswith("user") for a in top.members)
+    assert any(e.kind == "shared_template" for e in top.evidence)
+    assert top.risk >= 0.5  # the default campaign rule throttles from 0.5
+    member = pipeline.account_risk("swarm4")
+    assert member.campaign == top.campaign_id and member.risk >= top.risk
+    assert member.reasons[0].signal == "campaign"
+
+
+class FakeEmbedder:
+    """Deterministic unit vectors: one direction per topic word found in the text."""
+
+    dim = 16
+
+    def embed(self, texts):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            hit = next((k for k, t in enumerate(TOPICS) if t in text), 12 + len(text) % 4)
+            out[i, hit] = 1.0
+        return out
+
+
+def test_coverage_separates_a_topic_sweep_from_a_focused_user():
+    topic_map = np.eye(16, dtype=np.float32)
+    embedder = CachedEmbedder(FakeEmbedder())
+    sweep = [event("sweeper", T0 + 30 * i, f"user: explain {TOPICS[i % 12]} #{i}", i=i)
+             for i in range(120)]
+    focused = [event("focused", T0 + 30 * i, f"user: more on {TOPICS[i % 2]} #{i}", i=i)
+               for i in range(120)]
+    pipeline = run(sweep + focused, embedder=embedder, topic_map=topic_map)
+    values = {r.signal: r.value for r in pipeline.signals_of("sweeper")}
+    assert values["coverage"] > 0.85
+    assert {r.signal: r.value for r in pipeline.signals_of("focused")}["coverage"] < 0.3
+    # Every distinct prompt embedded once, plus the elicitation exemplars once.
+    assert embedder.misses == 240 + len(EXEMPLARS) and embedder.hits == 0
+
+
+def test_memory_is_bounded_per_account():
+    pipeline = run(harvester(3000))
+    state = pipeline._accounts["harvest"]
+    templating = state.states[pipeline.signals.index(
+        next(s for s in pipeline.signals if s.name == "templating"))]
+    assert len(templating[2]) <= 512 + 8
+    assert len(state.profile.bands) <= 64 and len(state.profile.sketch) <= 32

@@ -1,0 +1,79 @@
+"""The local backend behind the gateway, watermarked, through the official SDK."""
+
+from __future__ import annotations
+
+import pytest
+
+from distillguard.backends.local import LocalBackend
+from distillguard.backends.tiny import create_tiny_model
+
+PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return create_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+async def test_outputs_are_watermarked_and_detected(harness_factory, tiny_model):
+    backend = LocalBackend(tiny_model, model_name="tiny", max_batch=4)
+    harness = await harness_factory(backend=backend)
+    assert harness.gateway.watermark is not None
+    client = harness.sdk()
+    reply = await client.chat.completions.create(model="tiny", messages=PROMPT,
+                                                 max_tokens=200, temperature=1.0, seed=3)
+    text = reply.choices[0].message.content
+    assert reply.usage.completion_tokens == 200
+    [event] = harness.events()
+    record = event.watermark
+    assert record["scheme"] and record["key_id"]
+    assert 0 <= record["cohort"] < record["cohorts"]
+    assert "secret" not in str(record).lower()
+    service = harness.gateway.watermark
+    found = service.detect_text(text)
+    assert found["p_value"] < 1e-6
+    assert found["key_id"] == record["key_id"]
+    assert found["cohort"] == record["cohort"]
+    # Reproducing the exact watermark from the event alone.
+    exact = service.detect_text(text, record=record)
+    assert exact["p_value"] <= found["p_value"]
+
+
+async def test_no_request_field_switches_the_watermark_off(harness_factory, tiny_model):
+    harness = await harness_factory(backend=LocalBackend(tiny_model, model_name="tiny"))
+    client = harness.sdk()
+    reply = await client.chat.completions.create(
+        model="tiny", messages=PROMPT, max_tokens=120, temperature=1.0,
+        extra_body={"watermark": False, "watermark_delta": 0, "logit_bias": {}})
+    assert harness.gateway.watermark.detect_text(
+        reply.choices[0].message.content)["p_value"] < 1e-3
+    [event] = harness.events()
+    assert event.watermark is not None
+
+
+async def test_plain_text_is_not_flagged(harness_factory, tiny_model):
+    harness = await harness_factory(backend=LocalBackend(tiny_model, model_name="tiny"),
+                                    watermark_scheme="none")
+    assert harness.gateway.watermark.scheme is None
+    reply = await harness.sdk().chat.completions.create(
+        model="tiny", messages=PROMPT, max_tokens=200, temperature=1.0)
+    [event] = harness.events()
+    assert event.watermark is None
+    text = reply.choices[0].message.content
+    watermarked = await harness_factory(backend=LocalBackend(tiny_model, model_name="tiny"))
+    # Same data folder, same keys: detection with the server's keys clears plain output.
+    assert watermarked.gateway.watermark.detect_text(text)["p_value"] > 1e-3
+
+
+@pytest.mark.slow
+async def test_embedded_model_answers_through_the_sdk(harness_factory):
+    harness = await harness_factory(backend="local", model_name="smollm2-135m-instruct")
+    client = harness.sdk()
+    reply = await client.chat.completions.create(
+        model="smollm2-135m-instruct", max_tokens=24, temperature=0,
+        messages=[{"role": "user", "content": "What is the capital of France?"}])
+    choice = reply.choices[0]
+    assert "Paris" in choice.message.content
+    assert choice.finish_reason in {"stop", "length"}
+    assert 0 < reply.usage.completion_tokens <= 24
+    assert reply.usage.prompt_tokens > 10

@@ -1,0 +1,201 @@
+"""Policy: actions take effect on the next call, expire, are audited; rules act on risk;
+reasoning traces are stripped for degraded accounts. Same tests for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from distillguard.config import Settings, SettingsError
+from distillguard.policy.degrade import strip_reasoning
+from distillguard.policy.engine import PolicyEngine
+from distillguard.policy.rules import DEFAULT_RULES, load_rules
+from distillguard.policy.store import open_action_store
+from test_detection import harvester, population, run
+
+PG_BASE_DSN = os.environ.get(
+    "TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3")
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        admin = psycopg.connect(PG_BASE_DSN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_BASE_DSN!r}: {exc}")
+    schema = f"dg_policy_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield make_conninfo(PG_BASE_DSN, options=f"-c search_path={schema}")
+    finally:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else ""
+    return Settings.load(env={}, data_dir=str(tmp_path), store=request.param,
+                         postgres_dsn=dsn, policy_cache_ttl=0.05)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def engine(settings: Settings, clock: Clock) -> Iterator[PolicyEngine]:
+    e = PolicyEngine.from_settings(settings)
+    e.clock = clock
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+def test_analyst_action_applies_on_the_next_call_and_lifting_restores(engine):
+    assert engine.admit("mallory").allowed
+    engine.set_action("mallory", "block", reason="harvesting", author="analyst:ann")
+    decision = engine.admit("mallory")
+    assert not decision.allowed and decision.action.kind == "block"
+    assert "harvest" not in decision.reason  # the client sees a neutral message
+    assert engine.lift("mallory", author="analyst:ann", reason="false alarm") is not None
+    assert engine.admit("mallory").allowed
+
+
+def test_action_set_by_another_process_is_seen(settings, engine):
+    other = PolicyEngine.from_settings(settings)
+    try:
+        assert engine.current_action("eve") is None
+        other.set_action("eve", "challenge", reason="verify", author="analyst:bob")
+        import time
+        time.sleep(0.06)  # PostgreSQL: past policy_cache_ttl; SQLite sees it at once
+        action = engine.current_action("eve")
+        assert action is not None and action.kind == "challenge"
+        assert not engine.admit("eve").allowed
+    finally:
+        other.close()
+
+
+def test_stored_action_expires_after_its_ttl(engine, clock):
+    engine.set_action("tmp", "block", reason="cool down", author="analyst:ann", ttl=60)
+    assert engine.current_action("tmp").kind == "block"
+    clock.now += 59
+    assert not engine.admit("tmp").allowed
+    clock.now += 2
+    assert engine.current_action("tmp") is None
+    assert engine.admit("tmp").allowed
+
+
+def test_audit_log_records_set_and_lift_with_author(engine):
+    engine.set_action("acct", "throttle", reason="suspicious", author="analyst:ann",
+                      rate_factor=0.5)
+    engine.lift("acct", author="analyst:bob", reason="checked")
+    entries = engine.audit(account="acct")
+    assert [(e.op, e.kind, e.author) for e in entries] == [
+        ("lift", "throttle", "analyst:bob"), ("set", "throttle", "analyst:ann")]
+    assert entries[0].reason == "checked" and entries[1].rate_factor == 0.5
+
+
+def test_throttle_admits_at_the_reduced_rate(engine):
+    engine.base_rpm = 60.0
+    engine.set_action("t", "throttle", reason="slow down", author="analyst:ann",
+                      rate_factor=0.1)  # 6 requests a minute, bursts of 1
+    first = engine.admit("t")
+    second = engine.admit("t")
+    assert first.allowed and not second.allowed
+    assert 8.0 < second.retry_after <= 10.0
+
+
+def test_bad_actions_are_refused(engine):
+    with pytest.raises(ValueError):
+        engine.set_action("x", "ban", reason="r", author="analyst:a")
+    with pytest.raises(ValueError):
+        engine.set_action("x", "throttle", reason="r", author="analyst:a", rate_factor=2)
+    with pytest.raises(ValueError):
+        engine.set_action("x", "block", reason="r", author="analyst:a", rate_factor=0.5)
+
+
+def test_rules_block_the_harvester_and_leave_people_alone(engine):
+    import random
+
+    pipeline = run(population(random.Random(5)) + harvester())
+    changed = engine.evaluate(pipeline)
+    assert [(a.account, a.kind) for a in changed] == [("harvest", "block")]
+    action = engine.current_action("harvest")
+    assert action.author == "rule:block-harvester" and action.expires_at is not None
+    assert "risk" in action.reason
+    assert engine.evaluate(pipeline) == []  # nothing new: no audit spam
+
+
+def test_rules_never_override_an_analyst(engine):
+    import random
+
+    pipeline = run(population(random.Random(5)) + harvester())
+    engine.set_action("harvest", "allow", reason="known research partner",
+                      author="analyst:ann", ttl=3600)
+    assert engine.evaluate(pipeline) == []
+    assert engine.admit("harvest").allowed
+
+
+def test_rules_load_from_the_policy_section(tmp_path):
+    path = tmp_path / "dg.toml"
+    path.write_text('port = 8001\n[policy]\n[[policy.rules]]\nname = "strict"\n'
+                    'action = "throttle"\nmin_risk = 0.3\nrate_factor = 0.5\nttl = "15m"\n')
+    rules = load_rules(path)
+    assert [(r.name, r.action, r.ttl, r.rate_factor) for r in rules] == [
+        ("strict", "throttle", 900.0, 0.5)]
+    assert Settings.load(env={}, file=path).port == 8001  # settings skip [policy]
+    assert load_rules("") == list(DEFAULT_RULES)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('name = "x"\naction = "ban"', "unknown action kind"),
+    ('name = "x"\naction = "throttle"', "rate_factor"),
+    ('name = "x"\naction = "block"\nttl = "soon"', "ttl"),
+    ('name = "x"\naction = "block"\nsignal = "nope"', "no signal named"),
+    ('name = "x"\naction = "block"\nmin_rsk = 0.5', "unknown field"),
+])
+def test_bad_rules_name_the_problem(tmp_path, body, message):
+    path = tmp_path / "p.toml"
+    path.write_text(f"[[policy.rules]]\n{body}\n")
+    with pytest.raises(SettingsError, match=message):
+        load_rules(path)
+
+
+def test_every_action_store_opens(tmp_path):
+    from distillguard.policy.store import ACTION_STORES
+
+    assert set(ACTION_STORES) == {"sqlite", "postgres"}
+    store = open_action_store(Settings.load(env={}, data_dir=str(tmp_path)))
+    assert store.name == "sqlite" and store.actions() == []
+    store.close()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<think>2+2... carry the one</think>\nThe answer is 4.", "The answer is 4."),
+    ("<THINKING>a\nb</THINKING>Done.", "Done."),
+    ("Sure. <think>the model was cut off mid-thought", "Sure."),
+    ("I reason here.</think>Paris.", "Paris."),
+    ("Step 1: add 2 and 2.\nStep 2: check it.\nFinal answer: 4", "Final answer: 4"),
+    ("Let's think step by step. 3 cats...\n**Answer:** 3", "**Answer:** 3"),
+    ("Tips:\n1. Sleep\n2. Eat well", "Tips:\n1. Sleep\n2. Eat well"),  # a list is content
+    ("Answer: 42", "Answer: 42"),
+])
+def test_strip_reasoning(text, expected):
+    assert strip_reasoning(text) == expected
