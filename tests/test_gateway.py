@@ -137,9 +137,9 @@ def test_streaming_over_a_real_server(live_server):
     completion_chunks = list(client.completions.create(
         model="echo", prompt="a b c d e", max_tokens=3, stream=True))
     assert "".join(c.choices[0].text for c in completion_chunks) != ""
-    gateway.writer.flush()
-    streamed = [e for e in gateway.store.iter_events() if e.stream]
-    assert len(streamed) == 2
+    streamed = wait_for_events(gateway, 3)
+    assert [e.stream for e in streamed] == [False, True, True]
+    streamed = streamed[1:]
     assert streamed[0].completion_tokens == 4
 
 
