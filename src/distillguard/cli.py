@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "distillguard.telemetry.cli",
     "distillguard.watermark.cli",
     "distillguard.detection.cli",
+    "distillguard.distill.cli",
+    "distillguard.forensics.cli",
 )
 
 

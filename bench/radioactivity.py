@@ -1,0 +1,254 @@
+"""Radioactivity: does a student distilled through the gateway carry our watermark?
+
+    .venv/bin/python bench/radioactivity.py                  # CPU size, ~30 min on 2 cores
+    .venv/bin/python bench/radioactivity.py --teacher tiny --prompts 20   # smoke run
+    .venv/bin/python bench/radioactivity.py --prompts 2000 --max-tokens 256 \
+        --size full --device cuda --epochs 2                  # a GPU
+
+Teacher: the embedded model behind a real gateway (uvicorn on 127.0.0.1), greenlist
+watermark at ``--delta`` (default 4: the strength a degrade action gives a flagged
+account, 2 x the default 2). Harvest: the official openai SDK through ``--accounts``
+keys of distinct accounts (``distillguard.distill.harvest``). Students: copies of the
+embedded model fine-tuned (``distillguard.distill.train``, ``--size``) on ``--prompts``
+pairs of which a share rho are harvested watermarked answers and the rest the ShareGPT
+answers to the other prompts (text that never passed through the gateway).
+
+Tests (``distillguard.forensics.radioactivity``), per student:
+* black-box: the prompts the harvesting accounts sent, read back from the gateway's
+  event store, restricted to those whose answers the student trained on (for rho = 0,
+  the 10% set, as a control); ``--query-rows`` answers in all at ``--query-temperature``;
+  one exact p-value over all 16 cohort keys (Sidak), tuples deduplicated across
+  outputs, tuples from the prompts excluded;
+* open weights: the student's argmax predictions on the harvested watermarked answers
+  of the same prompts, against the base model's (Fisher exact, reading mode).
+Also printed: the student's loss on held-out teacher outputs before and after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from distillguard.config import Settings
+from distillguard.distill.harvest import KeySpec, harvest
+from distillguard.distill.prompts import iter_sharegpt
+from distillguard.distill.train import Pair, train_student
+from distillguard.forensics.radioactivity import blackbox_test, reading_test
+from distillguard.forensics.suspects import WeightsSuspect, prompts_from_store
+from distillguard.watermark import detector
+from distillguard.watermark.service import WatermarkService
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def serve(app):
+    """Run ``app`` under uvicorn on a free 127.0.0.1 port in a thread; yield its URL."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the teacher gateway did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--prompts", type=int, default=60, help="training pairs per student")
+    p.add_argument("--heldout", type=int, default=6, help="held-out teacher pairs")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer")
+    p.add_argument("--rhos", default="0,0.05,0.1,0.25,1", help="watermarked shares")
+    p.add_argument("--accounts", type=int, default=2, help="harvesting accounts")
+    p.add_argument("--delta", type=float, default=4.0, help="teacher's greenlist delta")
+    p.add_argument("--size", default="s", help="student size (distill train --size)")
+    p.add_argument("--epochs", type=float, default=4.0)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--query-rows", type=int, default=32, help="answers asked of each "
+                   "student, spread evenly over its query prompts")
+    p.add_argument("--query-temperature", type=float, default=0.5)
+    p.add_argument("--teacher", default="embedded", help="`embedded`, `tiny` or a folder")
+    p.add_argument("--keep", help="keep the work folder here (default: a temp folder)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    started = time.monotonic()
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="dg-radio-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rhos = [float(r) for r in args.rhos.split(",")]
+    teacher_path = ""
+    if args.teacher == "tiny":
+        from distillguard.backends.tiny import create_tiny_model
+
+        teacher_path = str(create_tiny_model(work / "tiny-teacher"))
+    elif args.teacher != "embedded":
+        teacher_path = args.teacher
+    settings = Settings.load(
+        env={}, data_dir=str(work / "data"), backend="local", model_name="teacher",
+        local_model_path=teacher_path, watermark_scheme="greenlist",
+        watermark_delta=args.delta, watermark_master_secret=secrets.token_hex(24),
+        watermark_cohorts=16, max_tokens_limit=max(4096, args.max_tokens))
+    service = WatermarkService.from_settings(settings)
+    accounts = [f"harvester-{i + 1}" for i in range(args.accounts)]
+    true_cohorts = {a: service.ring.active.cohort_of(a) for a in accounts}
+
+    # --- prompts: ShareGPT first user turns with the answers that followed -------------
+    need = args.prompts + args.heldout
+    exchanges = []
+    for ex in iter_sharegpt(max_chars=400):
+        if ex.answer and len(ex.answer) > 40:
+            exchanges.append(ex)
+        if len(exchanges) >= need:
+            break
+    train_ex, held_ex = exchanges[: args.prompts], exchanges[args.prompts:need]
+
+    # --- harvest through the watermarked gateway -------------------------------------
+    from distillguard.gateway.app import build_app
+
+    t0 = time.monotonic()
+    app = build_app(settings, watermark=service)
+    harvest_file = work / "harvest.jsonl"
+    with serve(app) as url:
+        store = app.state.gateway.store
+        keys = [KeySpec(store.create_key(a)[1], a) for a in accounts]
+        log(f"teacher gateway at {url}; harvesting {need} prompts with {len(keys)} keys")
+        summary = asyncio.run(harvest(
+            [e.prompt for e in exchanges], keys, harvest_file, base_url=url + "/v1",
+            model="teacher", max_tokens=args.max_tokens, temperature=0.7,
+            concurrency=16))
+    t_harvest = time.monotonic() - t0
+    log(f"harvest: {summary.to_dict()}")
+    answers = {}
+    for line in harvest_file.read_text().splitlines():
+        rec = json.loads(line)
+        answers[rec["prompt"]] = rec["response"]
+    logged = prompts_from_store(settings, accounts)  # what the accounts sent, from our logs
+    tok = service.tokenizer
+
+    def ids(text: str) -> list[int]:
+        return service.tokenize(text)
+
+    def truncate(text: str) -> str:
+        return tok.decode(ids(text)[: args.max_tokens])
+
+    heldout = [Pair(e.prompt, answers[e.prompt]) for e in held_ex if e.prompt in answers]
+    candidates = [detector.Candidate(k.key_id, c, service.partition(k, service.scheme.name, c))
+                  for k in service.ring for c in range(k.cohorts)]
+    scheme = service.scheme
+
+    # Sanity row: the harvested answers themselves.
+    teacher_texts = [ids(answers[e.prompt]) for e in train_ex if e.prompt in answers]
+    teacher_bb = blackbox_test(teacher_texts, scheme, candidates, null_keys=20)
+
+    reference = WeightsSuspect(teacher_path or _embedded())
+    ref_cache: dict[tuple[int, ...], list[int]] = {}
+    prefix_cache: dict = {}
+    rows = []
+    for rho in rhos:
+        k = int(round(rho * len(train_ex)))
+        pairs = [Pair(e.prompt, answers[e.prompt]) if i < k and e.prompt in answers
+                 else Pair(e.prompt, truncate(e.answer or ""))
+                 for i, e in enumerate(train_ex)]
+        wm_prompts = {e.prompt for e in train_ex[:k]}
+        control = rho == 0
+        query_pool = ({e.prompt for e in train_ex[: max(1, round(0.1 * len(train_ex)))]}
+                      if control else wm_prompts)
+        query = [p for p in logged if p in query_pool][: args.query_rows]
+        samples = max(1, args.query_rows // max(len(query), 1))
+        log(f"rho={rho:g}: {k} watermarked pairs of {len(pairs)}; training")
+        t1 = time.monotonic()
+        out = work / f"student-{rho:g}"
+        result = train_student(
+            pairs, out, student=teacher_path or "embedded", size=args.size,
+            device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            heldout_pairs=heldout, max_prompt_tokens=96,
+            max_response_tokens=args.max_tokens + 1, prefix_cache=prefix_cache)
+        t_train = time.monotonic() - t1
+        t2 = time.monotonic()
+        student = WeightsSuspect(out, batch_size=32)
+        outputs = student.generate(query, samples=samples, max_tokens=args.max_tokens,
+                                   temperature=args.query_temperature, seed=1)
+        bb = blackbox_test([ids(o) for o in outputs], scheme, candidates,
+                           prompts=[ids(p) for p in query], null_keys=20)
+        texts = [ids(answers[p]) for p in query if p in answers]
+        missing = [t for t in texts if tuple(t) not in ref_cache]
+        for t, pred in zip(missing, reference.predictions(missing)):
+            ref_cache[tuple(t)] = pred
+        rd = reading_test(texts, student.predictions(texts), scheme, candidates,
+                          reference=[ref_cache[tuple(t)] for t in texts], null_keys=20)
+        t_test = time.monotonic() - t2
+        best = min(bb.per_key, key=lambda x: x.p_value)
+        rows.append({
+            "rho": rho, "wm_pairs": k, "train_response_tokens": result.response_tokens_per_epoch,
+            "heldout_loss_before": result.heldout_loss_before,
+            "heldout_loss_after": result.heldout_loss_after,
+            "query_prompts": len(query), "bb_tokens_scored": bb.tokens_scored,
+            "bb_green_fraction": best.hit_rate, "bb_p_value": bb.p_value,
+            "bb_cohort": bb.cohort, "read_tokens_scored": rd.tokens_scored,
+            "read_p_value": rd.p_value, "train_s": round(t_train), "test_s": round(t_test)})
+        log(f"rho={rho:g}: {json.dumps(rows[-1])}")
+        shutil.rmtree(out, ignore_errors=True)  # 0.5 GB per student
+
+    total = time.monotonic() - started
+    print(f"# Radioactivity: teacher {args.teacher} (greenlist, gamma 0.25, delta "
+          f"{args.delta:g}, context 1, 16 cohorts), {len(accounts)} harvesting accounts "
+          f"in cohorts {sorted(true_cohorts.values())}")
+    print(f"# students: --size {args.size}, {args.epochs:g} epochs, {len(train_ex)} pairs of "
+          f"<= {args.max_tokens} answer tokens, lr {args.lr:g}; black-box: "
+          f"{args.query_rows} answers to the logged prompts at T={args.query_temperature:g}")
+    print(f"# teacher's own harvested answers: {teacher_bb.tokens_scored} tuples, green "
+          f"{min(teacher_bb.per_key, key=lambda x: x.p_value).hit_rate:.3f}, "
+          f"p = {teacher_bb.p_value:.1e}")
+    print("| rho | wm pairs | held-out loss before -> after | query prompts | "
+          "black-box tuples | green fraction | black-box p | cohort | reading tuples | "
+          "reading p (vs base) | train s | test s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['rho']:.0%} | {r['wm_pairs']} | {r['heldout_loss_before']:.3f} -> "
+              f"{r['heldout_loss_after']:.3f} | {r['query_prompts']} | "
+              f"{r['bb_tokens_scored']} | {r['bb_green_fraction']:.3f} | "
+              f"{r['bb_p_value']:.1e} | {r['bb_cohort']} | {r['read_tokens_scored']} | "
+              f"{r['read_p_value']:.1e} | {r['train_s']} | {r['test_s']} |")
+    print(f"# harvest {t_harvest:.0f} s ({summary.completion_tokens} tokens), total "
+          f"{total / 60:.1f} min")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _embedded() -> str:
+    from distillguard.backends.model_cache import ensure_converted
+
+    return str(ensure_converted())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
