@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "distillguard.detection.cli",
     "distillguard.distill.cli",
     "distillguard.forensics.cli",
+    "distillguard.simulate.cli",
 )
 
 

@@ -139,10 +139,13 @@ SETTINGS: tuple[Setting, ...] = (
             "exponential race, Aaronson) or `none`. No request field can change it."),
     Setting("watermark_gamma", float, 0.25, "Green-list share of the vocabulary "
             "(greenlist)."),
-    Setting("watermark_delta", float, 2.0, "Logit bias added to green tokens "
+    Setting("watermark_delta", float, 3.0, "Logit bias added to green tokens "
             "(greenlist); the policy's degrade action multiplies it."),
     Setting("watermark_context_width", int, 1, "Tokens before each position that seed "
-            "its keyed partition (0..16)."),
+            "its keyed partition (0..16), for greenlist."),
+    Setting("watermark_exponential_context_width", int, 4, "Context width for the "
+            "exponential scheme, whose deterministic race needs a wider context than the "
+            "green list to avoid repetitive text."),
     Setting("watermark_seeding", str, "left", "How the context seeds the partition: "
             "`left` (hash of the tokens in order) or `min` (min-hash over the window; "
             "survives more local edits when the width is above 1)."),

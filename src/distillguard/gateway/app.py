@@ -39,9 +39,14 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def build_app(settings: Settings, *, backend: Backend | None = None, store: Any = None,
-              watermark: Any = None) -> Starlette:
-    """The gateway for ``settings``; parts not passed in are built at start-up."""
-    gateway = Gateway(settings, backend=backend, store=store, watermark=watermark)
+              watermark: Any = None, simulation: bool = False) -> Starlette:
+    """The gateway for ``settings``; parts not passed in are built at start-up.
+
+    ``simulation=True`` is for the traffic simulator only (see ``Gateway``): it honours
+    a simulated clock header. It is deliberately not a setting.
+    """
+    gateway = Gateway(settings, backend=backend, store=store, watermark=watermark,
+                      simulation=simulation)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

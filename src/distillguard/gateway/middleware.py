@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from distillguard.gateway import errors
 from distillguard.gateway.context import RequestContext
+from distillguard.gateway.state import SIM_TIME_HEADER
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,6 +73,12 @@ class ErrorsAndEvents:
             client_addr=_client_addr(scope, self.gateway.settings.trust_forwarded_for),
             user_agent=_header(scope, b"user-agent"),
         )
+        if self.gateway.simulation:
+            sim_time = _header(scope, SIM_TIME_HEADER)
+            try:
+                ctx.ts = self.gateway.clock.advance(float(sim_time)) if sim_time else ctx.ts
+            except ValueError:
+                pass  # not a number: the request keeps its wall-clock arrival time
         scope.setdefault("state", {})["dg"] = ctx
         started = False
 

@@ -16,6 +16,28 @@ from distillguard.gateway.schema import Limits
 
 log = logging.getLogger("distillguard.gateway")
 
+SIM_TIME_HEADER = b"x-distillguard-sim-time"
+
+
+class SimClock:
+    """Simulation mode's clock: the latest simulated time a request carried.
+
+    Requests of one simulated instant may arrive out of order, so the clock never runs
+    backwards; before the first simulated request it reads the wall clock.
+    """
+
+    def __init__(self) -> None:
+        self.now: float | None = None
+
+    def advance(self, ts: float) -> float:
+        """Note a request's simulated arrival time; returns it."""
+        if self.now is None or ts > self.now:
+            self.now = ts
+        return ts
+
+    def __call__(self) -> float:
+        return time.time() if self.now is None else self.now
+
 
 def backend_from_settings(settings: Settings) -> Backend:
     """The backend the settings name; imported lazily so a proxy never loads torch."""
@@ -40,11 +62,20 @@ class Gateway:
 
     Anything not passed in is built from ``settings`` at ``start``: tests hand in a
     small backend or an in-memory store; ``distillguard serve`` hands in nothing.
+
+    ``simulation`` (only ever a keyword of ``build_app``, never a setting, so that no
+    production configuration can turn it on): requests may carry their simulated arrival
+    time in the ``X-Distillguard-Sim-Time`` header, detection and policy read that
+    clock, and the simulator drives detection rounds with ``simulation_round`` instead
+    of the timer.
     """
 
     def __init__(self, settings: Settings, *, backend: Backend | None = None,
-                 store: Any = None, watermark: Any = None) -> None:
+                 store: Any = None, watermark: Any = None, simulation: bool = False) -> None:
         self.settings = settings
+        self.simulation = simulation
+        self.clock: Any = SimClock() if simulation else time.time
+        self._sim_queued = 0  # events ever queued for detection (simulation_round reads it)
         self.backend = backend
         self.store = store
         self.watermark = watermark
@@ -86,7 +117,10 @@ class Gateway:
 
             self.detection = await asyncio.to_thread(DetectionPipeline.from_settings, settings,
                                                      store=self.store)
-            self._detect_task = asyncio.get_running_loop().create_task(self._detect_loop())
+            if self.simulation:
+                self.detection.clock = self.policy.clock = self.clock
+            else:
+                self._detect_task = asyncio.get_running_loop().create_task(self._detect_loop())
         if self.backend is None:
             self.backend = backend_from_settings(settings)
         if self.watermark is None and getattr(self.backend, "watermarks", False):
@@ -121,6 +155,31 @@ class Gateway:
             except Exception:
                 # Detection must never take the gateway down; the next round retries.
                 log.exception("detection round failed")
+
+    def simulation_round(self, expected_events: int, timeout: float = 60.0) -> list[Any]:
+        """Simulation mode: once ``expected_events`` events in all have been queued for
+        detection, observe the queued ones and run one round; returns the actions set.
+
+        The simulator calls it (from any thread) at each simulated detection interval,
+        after every response of the interval came back: an event is queued just after
+        its response's last byte, hence the wait.
+        """
+        if not self.simulation or self.detection is None:
+            raise RuntimeError("simulation_round needs a gateway built with simulation=True "
+                               "and detection on")
+        deadline = time.monotonic() + timeout
+        while self._sim_queued < expected_events:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"simulation_round: {self._sim_queued} of "
+                                   f"{expected_events} events queued after {timeout:.0f} s")
+            time.sleep(0.002)
+        batch = []
+        queue = self._detect_queue
+        while queue:
+            batch.append(queue.popleft())
+        if batch:
+            self.detection.observe_many(batch)
+        return self.run_detection()
 
     def run_detection(self) -> list[Any]:
         """One round of campaign clustering and rules; returns the actions set."""
@@ -167,6 +226,7 @@ class Gateway:
         if self.detection is not None and event.account is not None:
             queue = self._detect_queue
             queue.append(event)
+            self._sim_queued += 1
             if len(queue) > self.settings.event_queue_size:
                 queue.popleft()  # detection falls behind; the store still has the event
                 self.detection_dropped += 1

@@ -1,0 +1,396 @@
+"""Populations: who sends traffic. One ``Population`` interface, one registry by name.
+
+Benign ones live here (casual users from real ShareGPT conversations, and legitimate
+heavy users a naive detector would flag); attacker strategies in ``strategies`` register
+in the same registry. A population is built from its scenario table (``Params`` fields,
+durations like ``"6h"`` allowed) and a ``World`` (time span, seeded randomness, prompts,
+models); it names its accounts and yields its requests in any order.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import random
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from distillguard.simulate.corpus import conversations
+from distillguard.simulate.traffic import (
+    BROWSERS,
+    DEFAULT_MAX_TOKENS,
+    SDKS,
+    AccountSpec,
+    SimRequest,
+    answer_tokens,
+    by_topic,
+    conversation_turns,
+    datacenter_addr,
+    diurnal_times,
+    residential_addr,
+)
+
+DAY = 86400.0
+
+
+class ScenarioError(ValueError):
+    """A scenario file or table is wrong; the message names the file, table and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A model the simulated API serves from ``released_at`` (simulated Unix time)."""
+
+    name: str
+    released_at: float
+
+
+class World:
+    """What every population of one scenario shares: time span, seed, prompts, models.
+
+    Prompts: the first ``corpus_size`` ShareGPT conversations, split in two halves so
+    that benign users and attackers draw from different conversations.
+    """
+
+    def __init__(self, start: float, duration: float, seed: int, models: list[Model],
+                 corpus_size: int = 4000) -> None:
+        self.start = start
+        self.end = start + duration
+        self.duration = duration
+        self.seed = seed
+        self.models = sorted(models, key=lambda m: m.released_at)
+        convs = conversations(corpus_size)
+        self.benign = list(convs[: len(convs) // 2])
+        self.harvest = list(convs[len(convs) // 2:])
+        self.benign_topics = by_topic(self.benign)
+
+    def rng(self, name: str) -> random.Random:
+        """A random generator of its own for population ``name`` (order independent)."""
+        return random.Random(f"{self.seed}:{name}")
+
+    def model_at(self, ts: float, rng: random.Random, adopt: float = 0.5) -> str:
+        """The model a client asks for at ``ts``: the newest released one with
+        probability ``adopt``, else the one before it."""
+        released = [m for m in self.models if m.released_at <= ts] or self.models[:1]
+        if len(released) > 1 and rng.random() >= adopt:
+            return released[-2].name
+        return released[-1].name
+
+
+class Population(abc.ABC):
+    """Base of every population and strategy. Subclasses set ``kind``, ``label``,
+    ``Params`` (a dataclass) and implement ``accounts`` and ``requests``."""
+
+    kind: ClassVar[str]
+    label: ClassVar[str]  # benign | heavy | attack
+    Params: ClassVar[type]
+
+    def __init__(self, name: str, params: Any, world: World) -> None:
+        self.name = name
+        self.p = params
+        self.world = world
+        self.rng = world.rng(name)
+
+    @abc.abstractmethod
+    def accounts(self) -> list[AccountSpec]:
+        """The population's accounts with ground truth."""
+
+    @abc.abstractmethod
+    def requests(self) -> Iterator[SimRequest]:
+        """Its requests over the world's time span, in any order."""
+
+    @property
+    def target(self) -> int | None:
+        """Responses the population wants (attackers), None for benign ones."""
+        return None
+
+    def _account(self, i: int, created_at: float) -> AccountSpec:
+        return AccountSpec(self.account_name(i), self.name, self.kind, self.label, created_at,
+                           self.name if self.label == "attack" else None)
+
+    def account_name(self, i: int) -> str:
+        return f"{self.name}-{i:05d}"
+
+
+POPULATIONS: dict[str, type[Population]] = {}
+
+
+def register(cls: type[Population]) -> type[Population]:
+    """Class decorator: make ``cls`` available to scenarios under ``cls.kind``."""
+    if cls.kind in POPULATIONS:
+        raise ValueError(f"population kind {cls.kind!r} is registered twice")
+    POPULATIONS[cls.kind] = cls
+    return cls
+
+
+def population_kinds() -> list[str]:
+    """Registered population kinds (benign, heavy and attack strategies)."""
+    import distillguard.simulate.strategies  # noqa: F401  (registers the attackers)
+
+    return sorted(POPULATIONS)
+
+
+def create_population(kind: str, name: str, table: dict[str, Any], world: World,
+                      where: str) -> Population:
+    """Build a registered population from its scenario table; ScenarioError if wrong."""
+    from distillguard.policy.rules import parse_duration
+
+    population_kinds()
+    cls = POPULATIONS.get(kind)
+    if cls is None:
+        raise ScenarioError(f"{where}: unknown kind {kind!r}; known: "
+                            f"{', '.join(sorted(POPULATIONS))}")
+    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+    extra = set(table) - set(fields)
+    if extra:
+        raise ScenarioError(f"{where}: unknown field(s) {', '.join(sorted(extra))} for "
+                            f"{kind}; known: {', '.join(sorted(fields))}")
+    values = {}
+    for key, value in table.items():
+        want = fields[key].type
+        try:
+            if want == "float":
+                if isinstance(value, str):
+                    value = parse_duration(value, f"{where}: {key}")
+                value = float(value)
+            elif want == "int":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError
+            elif want == "bool" and not isinstance(value, bool):
+                raise ValueError
+            elif want == "str" and not isinstance(value, str):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ScenarioError(f"{where}: {key} must be {want}, got {value!r}") from None
+        except Exception as exc:  # SettingsError from parse_duration
+            raise ScenarioError(str(exc)) from None
+        values[key] = value
+    params = cls.Params(**values)
+    for key in ("accounts", "target"):
+        if getattr(params, key, 1) < 1:
+            raise ScenarioError(f"{where}: {key} must be at least 1")
+    return cls(name, params, world)
+
+
+def _lognormal(rng: random.Random, median: float, sigma: float) -> float:
+    return median * math.exp(rng.gauss(0.0, sigma))
+
+
+# --- benign populations ------------------------------------------------------------------
+
+
+@register
+class Casual(Population):
+    """People chatting: sessions of real ShareGPT turns with follow-ups, think time,
+    a daily rhythm in their time zone, and a topical focus."""
+
+    kind = "casual"
+    label = "benign"
+
+    @dataclasses.dataclass
+    class Params:
+        accounts: int = 100
+        sessions_per_day: float = 0.6  # median over users; users vary 2x either way
+        turns: float = 2.5  # mean turns per session (capped by the conversation)
+        think_time: float = 60.0  # median seconds between turns
+        focus: float = 0.7  # share of sessions on the user's favourite topics
+        sdk_share: float = 0.3  # users calling through an SDK rather than a web app
+
+    def accounts(self) -> list[AccountSpec]:
+        return [self._account(i, self.world.start - self.rng.uniform(1, 365) * DAY)
+                for i in range(self.p.accounts)]
+
+    def requests(self) -> Iterator[SimRequest]:
+        topics = list(self.world.benign_topics)
+        for i in range(self.p.accounts):
+            yield from self._user(self.account_name(i), topics)
+
+    def _user(self, account: str, topics: list[str]) -> Iterator[SimRequest]:
+        rng, w = self.rng, self.world
+        tz = rng.choice([-8, -5, -3, 0, 1, 2, 3, 5.5, 8, 9])
+        rate = _lognormal(rng, self.p.sessions_per_day, 0.7)
+        favourites = rng.sample(topics, k=min(2, len(topics)))
+        sdk = rng.random() < self.p.sdk_share
+        agent = rng.choice(SDKS[:4]) if sdk else rng.choice(BROWSERS)
+        home, mobile = residential_addr(rng), residential_addr(rng)
+        params: dict[str, Any] = {"temperature": rng.choice([0.7, 1.0])}
+        if sdk and rng.random() < 0.5:
+            params["max_tokens"] = rng.choice([512, 1024, 2048])
+        for start in diurnal_times(rng, w.start, w.end, rate, tz):
+            pool = (w.benign_topics[rng.choice(favourites)] if rng.random() < self.p.focus
+                    else w.benign)
+            conv = rng.choice(pool)
+            turns = min(len(conv), 1 + int(rng.expovariate(1.0 / max(self.p.turns - 1, 0.01))))
+            addr = mobile if rng.random() < 0.2 else home
+            model = w.model_at(start, rng)
+            cap = params.get("max_tokens", DEFAULT_MAX_TOKENS)
+            t = start
+            for messages in conversation_turns(conv, cap, turns):
+                yield SimRequest(t, account, messages, params, model, addr, agent, self.name)
+                # Reading the answer, then typing the next question.
+                t += answer_tokens(messages[-1][1], cap) / 8.0 + _lognormal(
+                    rng, self.p.think_time, 0.8)
+
+
+@register
+class EvalHarness(Population):
+    """An evaluation harness: a fixed multiple-choice benchmark, 1-token answers with
+    logprobs, temperature 0, many in parallel, a few runs a week."""
+
+    kind = "eval_harness"
+    label = "heavy"
+
+    @dataclasses.dataclass
+    class Params:
+        accounts: int = 1
+        items: int = 1500
+        runs_per_day: float = 0.5
+        parallel: int = 8
+
+    def accounts(self) -> list[AccountSpec]:
+        return [self._account(i, self.world.start - self.rng.uniform(30, 200) * DAY)
+                for i in range(self.p.accounts)]
+
+    def requests(self) -> Iterator[SimRequest]:
+        w, rng = self.world, self.rng
+        convs = w.benign
+        items = []
+        for k in range(self.p.items):
+            q = convs[k % len(convs)][0][:400]
+            items.append((("user", f"Question: {q}\nA) {k % 7 + 1}\nB) {k % 5 + 2}\n"
+                                   f"C) both\nD) neither\nAnswer:"),))
+        params = {"temperature": 0.0, "max_tokens": 1, "logprobs": True, "top_logprobs": 5}
+        for i in range(self.p.accounts):
+            account = self.account_name(i)
+            addr = datacenter_addr(rng)
+            for start in diurnal_times(rng, w.start, w.end, self.p.runs_per_day, 0):
+                model = w.model_at(start, rng, adopt=1.0)  # evaluates the newest model
+                for k, messages in enumerate(items):
+                    # ``parallel`` workers, ~0.4 s per 1-token answer each.
+                    t = start + (k // self.p.parallel) * 0.4 + rng.uniform(0, 0.05)
+                    if t >= w.end:
+                        break
+                    yield SimRequest(t, account, messages, params, model, addr,
+                                     "lm-eval-harness/0.4.3", self.name)
+
+
+@register
+class RagApp(Population):
+    """A retrieval-augmented app: one key, templated context + question prompts, volume
+    that follows its own users' day."""
+
+    kind = "rag_app"
+    label = "heavy"
+
+    @dataclasses.dataclass
+    class Params:
+        accounts: int = 1
+        per_day: float = 2000.0
+        tz: float = 1.0
+
+    def accounts(self) -> list[AccountSpec]:
+        return [self._account(i, self.world.start - self.rng.uniform(30, 300) * DAY)
+                for i in range(self.p.accounts)]
+
+    def requests(self) -> Iterator[SimRequest]:
+        w, rng = self.world, self.rng
+        params = {"temperature": 0.2, "max_tokens": 512}
+        for i in range(self.p.accounts):
+            account = self.account_name(i)
+            prefix = datacenter_addr(rng).rsplit(".", 1)[0]
+            servers = [f"{prefix}.{rng.randint(2, 254)}" for _ in range(2)]
+            for t in diurnal_times(rng, w.start, w.end, self.p.per_day, self.p.tz):
+                doc = rng.choice(w.benign)[0][:600]
+                question = rng.choice(w.benign)[0][:200]
+                text = ("Answer the question using only the context below. If the answer "
+                        f"is not in the context, say so.\n\nContext:\n\"\"\"{doc}\"\"\"\n\n"
+                        f"Question: {question}")
+                yield SimRequest(t, account, (("system", "You are a helpful support "
+                                               "assistant for Acme Docs."), ("user", text)),
+                                 params, w.model_at(t, rng, adopt=0.0), rng.choice(servers),
+                                 "python-requests/2.32.3", self.name)
+
+
+@register
+class SharedKey(Population):
+    """A team (or a reseller) sharing one key: many people's sessions, addresses and
+    user agents behind one account."""
+
+    kind = "shared_key"
+    label = "heavy"
+
+    @dataclasses.dataclass
+    class Params:
+        accounts: int = 1
+        members: int = 15
+        sessions_per_day: float = 2.0  # per member
+        reseller: bool = False  # members all over the world instead of one office
+
+    def accounts(self) -> list[AccountSpec]:
+        return [self._account(i, self.world.start - self.rng.uniform(30, 300) * DAY)
+                for i in range(self.p.accounts)]
+
+    def requests(self) -> Iterator[SimRequest]:
+        w, rng = self.world, self.rng
+        topics = list(w.benign_topics)
+        for i in range(self.p.accounts):
+            account = self.account_name(i)
+            office = residential_addr(rng)
+            for m in range(self.p.members):
+                tz = rng.choice([-8, -5, 0, 1, 5.5, 9]) if self.p.reseller else 1
+                addr = residential_addr(rng) if self.p.reseller else office
+                agent = rng.choice(BROWSERS + SDKS[:2])
+                favourite = rng.choice(topics)
+                for start in diurnal_times(rng, w.start, w.end, self.p.sessions_per_day, tz):
+                    pool = w.benign_topics[favourite] if rng.random() < 0.6 else w.benign
+                    conv = rng.choice(pool)
+                    t = start
+                    for messages in conversation_turns(conv, DEFAULT_MAX_TOKENS,
+                                                       rng.randint(1, 3)):
+                        yield SimRequest(t, account, messages, {"temperature": 0.7},
+                                         w.model_at(t, rng), addr, agent, self.name)
+                        t += _lognormal(rng, 70.0, 0.8)
+
+
+@register
+class BatchJob(Population):
+    """A nightly batch job: templated summaries of support tickets, one after another,
+    at the same hour each night."""
+
+    kind = "batch_job"
+    label = "heavy"
+
+    @dataclasses.dataclass
+    class Params:
+        accounts: int = 1
+        per_night: int = 1000
+        hour: float = 2.0  # local start hour
+        tz: float = 0.0
+
+    def accounts(self) -> list[AccountSpec]:
+        return [self._account(i, self.world.start - self.rng.uniform(30, 300) * DAY)
+                for i in range(self.p.accounts)]
+
+    def requests(self) -> Iterator[SimRequest]:
+        w, rng = self.world, self.rng
+        params = {"temperature": 0.0, "max_tokens": 300}
+        for i in range(self.p.accounts):
+            account = self.account_name(i)
+            addr = datacenter_addr(rng)
+            day0 = math.floor((w.start + self.p.tz * 3600) / DAY) * DAY - self.p.tz * 3600
+            night = day0 + self.p.hour * 3600
+            while night < w.end:
+                t = night
+                for _ in range(self.p.per_night):
+                    if t >= w.end:
+                        break
+                    if t >= w.start:
+                        ticket = rng.choice(w.benign)[0][:800]
+                        yield SimRequest(t, account, (("user", "Summarize the following "
+                                                       "support ticket in three bullet "
+                                                       f"points:\n\n{ticket}"),),
+                                         params, w.model_at(t, rng, adopt=0.0), addr,
+                                         "python-httpx/0.27.0", self.name)
+                    t += 2.0 + rng.uniform(0, 0.3)  # sequential: one answer at a time
+                night += DAY
