@@ -4,20 +4,17 @@ the official openai SDK pointed at it in-process, and a real uvicorn server for 
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from distillguard.config import Settings
 from distillguard.gateway.app import build_app
+from distillguard.testing.server import free_port, serve_in_thread  # noqa: F401
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -89,33 +86,6 @@ async def harness_factory(make_settings) -> AsyncIterator[Any]:
 @pytest.fixture
 async def harness(harness_factory) -> Harness:
     return await harness_factory()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve_in_thread(app: Any) -> Iterator[str]:
-    """Run ``app`` under a real uvicorn server on a free 127.0.0.1 port; yield its URL."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("test server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture

@@ -13,14 +13,10 @@ the gateway for one detection round (``Gateway.simulation_round``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import socket
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from distillguard.backends.base import FinishReason, GenerationRequest
@@ -34,6 +30,7 @@ from distillguard.simulate.runner import (
     write_policy_file,
 )
 from distillguard.simulate.traffic import SimRequest, answer_tokens
+from distillguard.testing.server import serve_in_thread
 
 
 class SimulatedBackend(EchoBackend):
@@ -69,35 +66,6 @@ class SimKeyStore:
     def list_keys(self, account: str | None = None) -> list[Any]:
         return [dataclasses.replace(r, created_at=self._created.get(r.account, r.created_at))
                 for r in self._store.list_keys(account)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yield its URL."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on",
-                                           backlog=2048))
-    thread = threading.Thread(target=server.run, name="dg-sim-gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the simulated gateway did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 class LiveRun:
@@ -140,7 +108,7 @@ class LiveRun:
         level = quiet.level
         quiet.setLevel(logging.WARNING)
         try:
-            with serve(app) as url:
+            with serve_in_thread(app) as url:
                 asyncio.run(self._drive(url, keys))
         finally:
             quiet.setLevel(level)
