@@ -202,3 +202,52 @@ def test_memory_is_bounded_per_account():
         next(s for s in pipeline.signals if s.name == "templating"))]
     assert len(templating[2]) <= 512 + 8
     assert len(state.profile.bands) <= 64 and len(state.profile.sketch) <= 32
+
+
+def test_a_fixed_wrapper_around_varying_questions_is_a_template():
+    from distillguard.detection.text import template_features
+
+    wrap = "Explain in detail, reasoning step by step:\n{}"
+    a = wrap.format("how do I keep sourdough starter alive through a hot summer week")
+    b = wrap.format("what makes kubernetes pods restart when the node runs short of memory")
+    bands_a, wrappers_a = template_features(a)
+    bands_b, wrappers_b = template_features(b)
+    assert not set(bands_a) & set(bands_b)  # whole-prompt MinHash does not see it
+    assert set(wrappers_a) & set(wrappers_b)
+    # Short prompts have no wrapper: their ends are the whole prompt.
+    assert template_features("explain sourdough step by step")[1] == ()
+
+
+def test_swarm_sharing_only_a_wrapper_links_as_a_campaign():
+    rnd = random.Random(4)
+    events = population(rnd, users=30)
+    questions = [f"{a} {b} {c}" for a in ("why does my", "how can the", "what if a")
+                 for b in TOPICS for c in ("fail at night under load", "cost twice as much",
+                                           "behave differently in winter")]
+    for m in range(10):
+        ts = T0 + rnd.uniform(0, 60)
+        for i in range(25):
+            ts += rnd.uniform(50, 70)
+            events.append(event(
+                f"swarm{m}", ts, f"user: Answer thoroughly, showing your reasoning:\n"
+                f"{rnd.choice(questions)} and what should one do about it",
+                out=900, inp=50, addr=f"192.0.{rnd.randint(0, 255)}.{rnd.randint(1, 250)}",
+                ua=rnd.choice(["python-requests/2.31", "Mozilla/5.0"]), latency_ms=6000, i=i))
+    pipeline = run(events)
+    top = pipeline.campaigns()[0]
+    assert {f"swarm{m}" for m in range(10)} <= set(top.members)
+    assert not any(a.startswith("user") for a in top.members)
+    assert any(e.kind == "shared_template" for e in top.evidence)
+
+
+def test_baselines_count_light_accounts_and_observed_rpm():
+    rnd = random.Random(6)
+    events = population(rnd, users=12)  # 25-60 requests each
+    events += [event(f"light{u}", T0 + 100 * u + i, "user: hi there", i=i)
+               for u in range(30) for i in range(3)]
+    pipeline = run(events)
+    # 30 light accounts of 3 requests outnumber the 12 busy ones in the median.
+    assert pipeline.baselines()["request_rate"].accounts == 42
+    assert pipeline.baselines()["request_rate"].median == pytest.approx(3.0)
+    assert pipeline.observed_rpm("light0") == pytest.approx(3 * 60 / 600)  # 10 min floor
+    assert pipeline.observed_rpm("nobody") is None

@@ -199,3 +199,70 @@ def test_every_action_store_opens(tmp_path):
 ])
 def test_strip_reasoning(text, expected):
     assert strip_reasoning(text) == expected
+
+
+def test_throttle_refills_on_the_engines_clock(engine, clock):
+    # A simulated clock (replay) must refill the bucket: the wall clock hardly moves here.
+    engine.base_rpm = 60.0
+    engine.set_action("t", "throttle", reason="slow down", author="analyst:ann",
+                      rate_factor=0.1)  # one request every 10 s
+    assert engine.admit("t").allowed
+    assert not engine.admit("t").allowed
+    clock.now += 10.5
+    assert engine.admit("t").allowed
+    assert not engine.admit("t").allowed
+
+
+class _SlowPipeline:
+    """Just what ``evaluate`` reads: one campaign-free account at a known rate."""
+
+    def __init__(self, risk: float, rpm: float) -> None:
+        from distillguard.detection.pipeline import AccountRisk
+
+        self.risk = AccountRisk("slow", risk, risk, 500, [], {})
+        self.rpm = rpm
+
+    def accounts(self):
+        return ["slow"]
+
+    def account_risk(self, account):
+        return self.risk
+
+    def campaigns(self):
+        return []
+
+    def observed_rpm(self, account):
+        return self.rpm
+
+
+def test_rule_throttle_binds_an_account_that_is_slow_already(engine, clock):
+    # throttle-suspect (rate_factor 0.2) on an account sending 1 request a minute:
+    # a fixed 0.2 x 60 = 12 rpm would not slow it down at all; 0.2 x its own rate does.
+    engine.base_rpm = 60.0
+    [action] = engine.evaluate(_SlowPipeline(0.65, 1.0))
+    assert action.kind == "throttle"
+    assert action.rate_factor == pytest.approx(0.2 * 1.0 / 60.0)
+    assert "its own observed 1.00" in action.reason
+    served = 0
+    for _ in range(60):  # an hour at its old pace
+        served += engine.admit("slow").allowed
+        clock.now += 60.0
+    assert served <= 13  # about 0.2 of the 60 it sent
+
+
+def test_absolute_throttle_when_relative_is_off(engine):
+    engine.base_rpm = 60.0
+    engine.relative_throttle = False
+    [action] = engine.evaluate(_SlowPipeline(0.65, 1.0))
+    assert action.rate_factor == pytest.approx(0.2)
+
+
+def test_campaign_rule_min_link(tmp_path):
+    path = tmp_path / "dg.toml"
+    path.write_text('[policy]\n[[policy.rules]]\nname = "c"\naction = "challenge"\n'
+                    'scope = "campaign"\nmin_risk = 0.6\nmin_link = 0.8\n')
+    assert load_rules(path)[0].min_link == 0.8
+    path.write_text('[policy]\n[[policy.rules]]\nname = "c"\naction = "challenge"\n'
+                    'min_risk = 0.6\nmin_link = 0.8\n')
+    with pytest.raises(SettingsError, match="min_link applies only"):
+        load_rules(path)

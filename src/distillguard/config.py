@@ -120,6 +120,9 @@ SETTINGS: tuple[Setting, ...] = (
             "keyed by prompt hash (least recently used dropped)."),
     Setting("detection_min_events", int, 20, "Requests an account makes before its own "
             "signals count at full weight (fewer: its risk is scaled down)."),
+    Setting("detection_baseline_min_events", int, 3, "Requests an account makes before "
+            "it counts in the population baselines (median, 90th percentile) that volume "
+            "signals compare against."),
     Setting("detection_max_accounts", int, 100_000, "Accounts whose detection state is "
             "kept in memory (the least recently seen is dropped beyond this)."),
     Setting("detection_interval", float, 10.0, "Seconds between runs of the periodic "
@@ -130,6 +133,10 @@ SETTINGS: tuple[Setting, ...] = (
             "the action store cannot tell the gateway that actions changed (PostgreSQL)."),
     Setting("policy_throttle_rpm", float, 60.0, "Requests per minute that a throttle "
             "action's rate_factor multiplies when rate_limit_rpm is 0."),
+    Setting("policy_throttle_relative", bool, True, "A rule's throttle limits the account "
+            "to rate_factor times the lower of its own observed request rate and the base "
+            "rate (rate_limit_rpm, else policy_throttle_rpm); off: rate_factor times the "
+            "base rate, which does not bind an account already sending slowly."),
     Setting("policy_degrade_watermark_strength", float, 2.0, "Watermark strength asked "
             "for an account under a degrade action (multiplies the scheme's strength)."),
     # --- end detection / policy settings ---

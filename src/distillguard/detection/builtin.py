@@ -227,7 +227,8 @@ class TemplatingSignal(_Share):
 
     A prompt's skeleton is its last user turn with numbers, names and quoted spans
     masked; two skeletons match when they share a MinHash LSH band (Jaccard of word
-    3-grams above about 0.6). The state remembers at most 512 band hashes.
+    3-grams above about 0.6) or, for long prompts, the same first or last six words (a
+    fixed wrapper around varying questions). The state remembers at most 512 hashes.
     """
 
     name = "templating"
@@ -246,10 +247,11 @@ class TemplatingSignal(_Share):
             return
         seen: set[int] = state[2]
         state[1] += 1
-        if not seen.isdisjoint(f.bands):
+        if not seen.isdisjoint(f.bands) or not seen.isdisjoint(f.wrappers):
             state[0] += 1
         if len(seen) < 512:
             seen.update(f.bands)
+            seen.update(f.wrappers)
 
 
 @register_signal

@@ -4,12 +4,14 @@ Each account keeps a small ``Profile`` (bounded): its most used /24 (IPv4) or /4
 address prefixes and user agents, the template LSH bands it repeats, a MinHash of its
 active minutes, and its topic histogram. ``find_campaigns`` then
 
-1. links accounts that share a strong bucket: a repeated prompt template, the same
-   (address prefix, user agent) pair, or a key-creation burst (keys created within
+1. links accounts that share a strong bucket: a repeated prompt template or wrapper
+   (the same first or last words around varying questions), the same (address prefix,
+   user agent) pair, or a key-creation burst (keys created within
    ``BURST_GAP_S`` of each other in a run of at least ``MIN_MEMBERS`` accounts) with the
    same user agent, by union-find over inverted indices (cost linear in accounts; a
    bucket shared by more than half of all accounts says nothing and is skipped);
-2. for each group of at least ``MIN_MEMBERS``, adds the evidence of synchronised timing
+2. for each group of at least ``MIN_MEMBERS``, adds the evidence of a shared client
+   fingerprint (user agent and exact sampling parameters), synchronised timing
    (active-minute MinHash agreement) and complementary coverage (the union of the
    members' topics is much more even than each member's own);
 3. scores it: ``link`` (noisy-OR of the evidence kinds) times the pooled harvest score
@@ -36,8 +38,14 @@ MIN_MEMBERS = 3
 BURST_GAP_S = 120.0
 # Bottom-k sketch of active minutes: the k smallest minute hashes estimate Jaccard.
 _TIMING_K = 32
+# A client fingerprint (agent + exact parameters) is weak: every user of one app with
+# default settings shares it; it counts only next to other evidence.
 LINK_WEIGHTS = {"shared_template": 0.6, "shared_infrastructure": 0.5, "key_burst": 0.5,
-                "synchronised_timing": 0.3, "complementary_coverage": 0.3}
+                "shared_client": 0.3, "synchronised_timing": 0.3,
+                "complementary_coverage": 0.3}
+# Repeats of one template band / wrapper, or one client fingerprint, before they link.
+MIN_TEMPLATE_REPEATS = 3
+MIN_CLIENT_REPEATS = 5
 
 
 def _prefix(addr: str | None) -> str | None:
@@ -63,12 +71,14 @@ def _bump(table: dict[Any, int], key: Any, cap: int) -> None:
 class Profile:
     """What campaign clustering needs of one account, in bounded memory."""
 
-    __slots__ = ("prefixes", "agents", "bands", "minutes", "last_minute", "topics", "sketch")
+    __slots__ = ("prefixes", "agents", "clients", "bands", "minutes", "last_minute",
+                 "topics", "sketch")
 
     def __init__(self) -> None:
         self.prefixes: dict[str, int] = {}
         self.agents: dict[str, int] = {}
-        self.bands: dict[int, int] = {}
+        self.clients: dict[tuple[str, int], int] = {}  # (agent, params key) -> count
+        self.bands: dict[int, int] = {}  # template bands and wrapper hashes -> count
         self.minutes = 0
         self.last_minute = -1
         self.topics: dict[int, int] = {}
@@ -81,7 +91,10 @@ class Profile:
             _bump(self.prefixes, p, 4)
         if e.user_agent:
             _bump(self.agents, e.user_agent[:200], 4)
+            _bump(self.clients, (e.user_agent[:200], f.params_key), 4)
         for b in f.bands:
+            _bump(self.bands, b, 64)
+        for b in f.wrappers:
             _bump(self.bands, b, 64)
         if f.topic >= 0:
             self.topics[f.topic] = self.topics.get(f.topic, 0) + 1
@@ -179,7 +192,7 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
         if prefix and agent:
             buckets[("shared_infrastructure", (prefix, agent))].append(name)
         for band, count in prof.bands.items():
-            if count >= 3:
+            if count >= MIN_TEMPLATE_REPEATS:
                 buckets[("shared_template", band)].append(name)
     # Key-creation bursts: runs of keys created close together, split by user agent.
     timed = sorted((t, a) for a, t in key_times.items() if a in members)
@@ -229,6 +242,22 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
         if share > 0:
             evidence.append(Evidence(kind, LINK_WEIGHTS[kind] * share,
                                      _describe(kind, accts, members, share)))
+    # A shared client fingerprint only adds to a group other evidence formed: alone it
+    # would join every user of one browser with default settings.
+    clients: dict[Any, int] = defaultdict(int)
+    for a in accts:
+        prof = members[a][1]
+        client = prof.top(prof.clients)
+        if client is not None and prof.clients[client] >= MIN_CLIENT_REPEATS:
+            clients[client] += 1
+    if clients:
+        client, count = max(clients.items(), key=lambda kv: kv[1])
+        if count >= MIN_MEMBERS:
+            share = count / len(accts)
+            evidence.append(Evidence("shared_client", LINK_WEIGHTS["shared_client"] * share,
+                                     f"{count} of {len(accts)} accounts send with the same "
+                                     f"client and identical sampling parameters (user agent "
+                                     f"{str(client[0])[:60]!r})"))
     # Synchronised timing: mean MinHash agreement of active minutes across members.
     sigs = [members[a][1].timing_signature() for a in accts]
     sigs = [s for s in sigs if s is not None]
@@ -297,7 +326,8 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
 def _describe(kind: str, accts: list[str], members: dict[str, Any], share: float) -> str:
     n = round(share * len(accts))
     if kind == "shared_template":
-        return f"{n} of {len(accts)} accounts repeat the same prompt template (MinHash LSH)"
+        return (f"{n} of {len(accts)} accounts repeat the same prompt template or wrapper "
+                f"(MinHash LSH of masked prompts, or the same first / last six words)")
     if kind == "shared_infrastructure":
         prof = members[accts[0]][1]
         return (f"{n} of {len(accts)} accounts send from the same address prefix and user "

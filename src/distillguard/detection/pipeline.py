@@ -29,7 +29,7 @@ import numpy as np
 
 from distillguard.detection.campaigns import Campaign, Profile, find_campaigns
 from distillguard.detection.signals import GROUPS, Baseline, EventFeatures, Signal, create_signal, signal_names
-from distillguard.detection.text import assistant_turns, last_user_turn, template_bands
+from distillguard.detection.text import assistant_turns, last_user_turn, template_features
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 _EMBED_CHARS = 1000
 _INFO_CACHE = 50_000
+# A rate over less than this says more about one burst than about the account.
+OBSERVED_MIN_SPAN_S = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +89,11 @@ class SignalReading:
 
 
 class _Account:
-    __slots__ = ("events", "last_seen", "states", "profile")
+    __slots__ = ("events", "first_seen", "last_seen", "states", "profile")
 
     def __init__(self, signals: Sequence[Signal]) -> None:
         self.events = 0
+        self.first_seen = -1.0
         self.last_seen = 0.0
         self.states = [s.new_state() for s in signals]
         self.profile = Profile()
@@ -125,6 +128,8 @@ class DetectionPipeline:
 
         self.settings = settings
         self.min_events = settings.detection_min_events if settings is not None else 20
+        self.baseline_min_events = (settings.detection_baseline_min_events
+                                    if settings is not None else 3)
         self.max_accounts = settings.detection_max_accounts if settings is not None else 100_000
         self.signals: list[Signal] = [create_signal(n, settings)
                                       for n in (signals or signal_names())]
@@ -187,6 +192,7 @@ class DetectionPipeline:
         topic, elicits, emb = self._prompt_info(text, embedding) if text else (-1, False, None)
         max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
         n = params.get("n") or 1
+        bands, wrappers = template_features(turn) if turn else ((), ())
         return EventFeatures(
             event=event, ts=event.ts, end_ts=event.ts + event.latency_ms / 1000.0,
             ok=event.status == 200, params_key=_params_key(params),
@@ -194,8 +200,7 @@ class DetectionPipeline:
             n=n if isinstance(n, int) else 1,
             logprobs=bool(params.get("logprobs") or params.get("top_logprobs")),
             assistant_turns=assistant_turns(prompt) if prompt else 0,
-            bands=template_bands(turn) if turn else (), topic=topic, embedding=emb,
-            elicits=elicits)
+            bands=bands, topic=topic, embedding=emb, elicits=elicits, wrappers=wrappers)
 
     def observe(self, event: RequestEvent) -> None:
         """Update the event's account with one event (unauthenticated events are skipped)."""
@@ -231,6 +236,8 @@ class DetectionPipeline:
         else:
             self._accounts.move_to_end(account)
         acct.events += 1
+        if acct.first_seen < 0:
+            acct.first_seen = f.ts
         acct.last_seen = f.ts
         for signal, state in zip(self.signals, acct.states):
             signal.observe(state, f)
@@ -306,6 +313,17 @@ class DetectionPipeline:
         with self._lock:
             return list(self._accounts)
 
+    def observed_rpm(self, account: str) -> float | None:
+        """The account's mean requests per minute since it was first seen (over at least
+        ``OBSERVED_MIN_SPAN_S``), or None for an unseen account. Policy scales
+        throttles by it, so a throttle binds an account that is slow to begin with."""
+        with self._lock:
+            acct = self._accounts.get(account)
+            if acct is None or acct.events == 0:
+                return None
+            span = max(acct.last_seen - acct.first_seen, OBSERVED_MIN_SPAN_S)
+            return acct.events * 60.0 / span
+
     def ranked(self, limit: int = 50, min_risk: float = 0.0) -> list[AccountRisk]:
         """Tracked accounts by risk, highest first."""
         risks = [self.account_risk(a) for a in self.accounts()]
@@ -317,7 +335,9 @@ class DetectionPipeline:
     def _refresh_baselines(self) -> None:
         values: dict[str, list[float]] = {s.name: [] for s in self.signals}
         for acct in self._accounts.values():
-            if acct.events < self.min_events:
+            # The whole population, not only accounts with min_events: counting only
+            # busy accounts lets heavy users and attackers set the "normal" level.
+            if acct.events < self.baseline_min_events:
                 continue
             for signal, state in zip(self.signals, acct.states):
                 v = signal.value(state)

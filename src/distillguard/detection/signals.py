@@ -39,7 +39,9 @@ class EventFeatures:
     ``topic`` is the prompt's nearest topic in the topic map (-1 without embeddings);
     ``embedding`` its unit vector (None without embeddings); ``elicits`` whether the prompt
     asks for reasoning traces or dataset rows; ``bands`` the LSH bands of its masked
-    skeleton; ``ok`` whether the request succeeded (economics count only those).
+    skeleton; ``wrappers`` the hashes of its skeleton's first and last words (a fixed
+    wrapper around varying questions); ``ok`` whether the request succeeded (economics
+    count only those).
     """
 
     event: RequestEvent
@@ -55,6 +57,7 @@ class EventFeatures:
     topic: int
     embedding: np.ndarray | None
     elicits: bool
+    wrappers: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

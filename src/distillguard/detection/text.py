@@ -113,7 +113,33 @@ def lsh_bands(signature: np.ndarray) -> tuple[int, ...]:
 
 def template_bands(turn: str) -> tuple[int, ...]:
     """LSH bands of a user turn's skeleton (empty for an empty turn)."""
+    return template_features(turn)[0]
+
+
+# A wrapper is this many skeleton words at either end of a prompt at least
+# WRAPPER_MIN_WORDS long: long enough that everyday openings ("can you help me") do not
+# coincide, short enough to catch "Explain in detail, reasoning step by step: {q}".
+WRAPPER_WORDS = 6
+WRAPPER_MIN_WORDS = 14
+
+
+def wrapper_hashes(words: list[str]) -> tuple[int, ...]:
+    """Hashes of a skeleton's first and last ``WRAPPER_WORDS`` words (a fixed wrapper
+    around varying questions shares them; whole-prompt MinHash does not see it).
+
+    Empty for skeletons under ``WRAPPER_MIN_WORDS`` words, where the ends are the prompt.
+    """
+    if len(words) < WRAPPER_MIN_WORDS:
+        return ()
+    head = zlib.crc32(("^ " + " ".join(words[:WRAPPER_WORDS])).encode())
+    tail = zlib.crc32(("$ " + " ".join(words[-WRAPPER_WORDS:])).encode())
+    # Tagged apart from band hashes (which stay below 2**48) so the two never collide.
+    return (head | 1 << 60, tail | 1 << 61)
+
+
+def template_features(turn: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(LSH bands, wrapper hashes) of a user turn's skeleton, computed once."""
     words = skeleton_words(turn)
     if not words:
-        return ()
-    return lsh_bands(minhash(shingle_hashes(words)))
+        return (), ()
+    return lsh_bands(minhash(shingle_hashes(words))), wrapper_hashes(words)

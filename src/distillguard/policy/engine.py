@@ -11,6 +11,11 @@ request after the version moves (SQLite) or within ``policy_cache_ttl`` (Postgre
 admits through a per-account token bucket of ``base_rpm * rate_factor`` requests per
 minute (``base_rpm`` = ``rate_limit_rpm`` when set, else ``policy_throttle_rpm``), kept
 in this process, so it works without configured rate limits.
+
+A rule's throttle is relative (``relative_throttle``, the default): its stored
+``rate_factor`` is the rule's factor times ``min(1, observed_rpm / base_rpm)``, where
+``observed_rpm`` is the account's own mean rate as detection saw it. A fixed fraction
+of the base rate would not bind a swarm member that sends one request a minute.
 """
 
 from __future__ import annotations
@@ -37,20 +42,22 @@ class PolicyEngine:
 
     def __init__(self, store: ActionStore, rules: list[Rule] | None = None, *,
                  cache_ttl: float = 1.0, base_rpm: float = 60.0,
-                 degrade_strength: float = 2.0,
+                 degrade_strength: float = 2.0, relative_throttle: bool = True,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.rules = list(DEFAULT_RULES if rules is None else rules)
         self.cache_ttl = cache_ttl
         self.base_rpm = base_rpm
         self.degrade_strength = degrade_strength
+        self.relative_throttle = relative_throttle
         self.clock = clock
         self._lock = threading.Lock()
         self._cache: dict[str, Action] = {}
         self._version: int | None = None
         self._loaded_at = -1.0
-        # account -> (tokens, monotonic time of last refill) of the throttle bucket
-        self._buckets: dict[str, tuple[float, float]] = {}
+        # account -> (tokens, clock time of last refill, created_at of the action it
+        # serves) of the throttle bucket; a new action starts a full bucket.
+        self._buckets: dict[str, tuple[float, float, float]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PolicyEngine:
@@ -60,7 +67,8 @@ class PolicyEngine:
         rules = load_rules(settings.policy_file)
         base = float(settings.rate_limit_rpm or settings.policy_throttle_rpm)
         return cls(open_action_store(settings), rules, cache_ttl=settings.policy_cache_ttl,
-                   base_rpm=base, degrade_strength=settings.policy_degrade_watermark_strength)
+                   base_rpm=base, degrade_strength=settings.policy_degrade_watermark_strength,
+                   relative_throttle=settings.policy_throttle_relative)
 
     # --- reading ---------------------------------------------------------------------
     def _reload_if_stale(self) -> None:
@@ -98,14 +106,19 @@ class PolicyEngine:
     def _take_token(self, account: str, action: Action) -> Decision:
         per_s = self.base_rpm * (action.rate_factor or 1.0) / 60.0
         capacity = max(1.0, per_s * 10.0)  # bursts of up to 10 s of the throttled rate
-        now = time.monotonic()
+        # The engine's clock, not the wall clock: a simulated clock (replay, tests) must
+        # refill the bucket as its own time passes.
+        now = self.clock()
         with self._lock:
-            tokens, last = self._buckets.get(account, (capacity, now))
-            tokens = min(capacity, tokens + (now - last) * per_s)
+            tokens, last, created = self._buckets.get(account, (capacity, now,
+                                                                action.created_at))
+            if created != action.created_at:  # set by another process since: start full
+                tokens, last, created = capacity, now, action.created_at
+            tokens = min(capacity, tokens + max(0.0, now - last) * per_s)
             if tokens >= 1.0:
-                self._buckets[account] = (tokens - 1.0, now)
+                self._buckets[account] = (tokens - 1.0, now, created)
                 return Decision(True, action=action)
-            self._buckets[account] = (tokens, now)
+            self._buckets[account] = (tokens, now, created)
         return Decision(False, retry_after=(1.0 - tokens) / per_s,
                         reason="rate limit reached for this account", action=action)
 
@@ -182,9 +195,10 @@ class PolicyEngine:
                     want(account, rule, f"risk {risk.risk:.2f} >= {rule.min_risk:.2f}: {top}")
         for campaign in pipeline.campaigns() if campaign_rules else ():
             for rule in campaign_rules:
-                if campaign.risk >= rule.min_risk:
+                if campaign.risk >= rule.min_risk and campaign.link >= rule.min_link:
                     why = (f"campaign {campaign.campaign_id} ({len(campaign.members)} "
-                           f"accounts) risk {campaign.risk:.2f} >= {rule.min_risk:.2f}: "
+                           f"accounts) risk {campaign.risk:.2f} >= {rule.min_risk:.2f}, "
+                           f"link {campaign.link:.2f}: "
                            + "; ".join(e.message for e in campaign.evidence))
                     for member in campaign.members:
                         want(member, rule, why)
@@ -196,10 +210,28 @@ class PolicyEngine:
                     continue
                 if SEVERITY[current.kind] >= SEVERITY[rule.action]:
                     continue
+            rate_factor, reason = rule.rate_factor, rule.reason or f"rule {rule.name}: {why}"
+            if rule.action == "throttle" and self.relative_throttle and rate_factor:
+                rate_factor, note = self._relative_factor(rate_factor,
+                                                          pipeline.observed_rpm(account))
+                reason = f"{reason} [{note}]"
             changed.append(self.set_action(
-                account, rule.action, reason=rule.reason or f"rule {rule.name}: {why}",
-                author=f"rule:{rule.name}", ttl=rule.ttl, rate_factor=rule.rate_factor))
+                account, rule.action, reason=reason, author=f"rule:{rule.name}",
+                ttl=rule.ttl, rate_factor=rate_factor))
         return changed
+
+    def _relative_factor(self, factor: float, observed_rpm: float | None
+                         ) -> tuple[float, str]:
+        """The stored rate factor for a rule's ``factor`` and the account's observed rate,
+        and a note saying what it means in requests per minute."""
+        if observed_rpm is None or observed_rpm >= self.base_rpm:
+            return factor, (f"throttled to {factor * self.base_rpm:.2f} requests/min, "
+                            f"{factor:g} x the base {self.base_rpm:g}")
+        # Floor: the stored factor must stay positive (check_action); 1e-4 of the base
+        # rate is a request every few hours, as good as stopped for a harvester.
+        effective = max(factor * observed_rpm / self.base_rpm, 1e-4)
+        return effective, (f"throttled to {effective * self.base_rpm:.3f} requests/min, "
+                           f"{factor:g} x its own observed {observed_rpm:.2f}")
 
     def close(self) -> None:
         """Release the action store."""

@@ -10,6 +10,7 @@ Rules live in the ``[policy]`` section of the file named by the ``policy_file`` 
     ttl = "24h"                   # seconds, or a number with s / m / h / d
     # optional:
     scope = "account"             # or "campaign": compare the campaign's risk instead
+    min_link = 0.8                # campaign only: how strongly members are linked, at least
     signal = "elicitation"        # and require this signal's strength ...
     min_strength = 0.8            # ... at least this
     min_events = 20               # and at least this many events from the account
@@ -49,10 +50,17 @@ class Rule:
     min_events: int = 0
     rate_factor: float | None = None
     reason: str | None = None
+    min_link: float = 0.0
 
 
+# Throttles scale with the account's own rate (``PolicyEngine.relative_throttle``).
+# A campaign whose members are tied by several independent kinds of evidence (link
+# 0.8 needs at least two of template, infrastructure, client, key burst) and that
+# harvests is challenged: the accounts must re-verify.
 DEFAULT_RULES = (
     Rule("block-harvester", "block", min_risk=0.8, ttl=86400.0),
+    Rule("challenge-campaign", "challenge", min_risk=0.6, ttl=86400.0, scope="campaign",
+         min_link=0.8),
     Rule("throttle-campaign", "throttle", min_risk=0.5, ttl=6 * 3600.0, scope="campaign",
          rate_factor=0.1),
     Rule("throttle-suspect", "throttle", min_risk=0.6, ttl=3600.0, rate_factor=0.2),
@@ -110,7 +118,7 @@ def parse_rules(section: Any, source: str) -> list[Rule]:
                 min_strength=float(item.get("min_strength", 0.0)),
                 min_events=int(item.get("min_events", 0)),
                 rate_factor=(float(item["rate_factor"]) if "rate_factor" in item else None),
-                reason=item.get("reason"))
+                reason=item.get("reason"), min_link=float(item.get("min_link", 0.0)))
             check_action(rule.action, rule.rate_factor)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{where}: {exc}") from None
@@ -118,6 +126,10 @@ def parse_rules(section: Any, source: str) -> list[Rule]:
             raise SettingsError(f"{where}: scope must be 'account' or 'campaign'")
         if not 0.0 <= rule.min_risk <= 1.0:
             raise SettingsError(f"{where}: min_risk must lie in [0, 1]")
+        if not 0.0 <= rule.min_link <= 1.0:
+            raise SettingsError(f"{where}: min_link must lie in [0, 1]")
+        if rule.min_link and rule.scope != "campaign":
+            raise SettingsError(f"{where}: min_link applies only to scope = 'campaign'")
         if rule.signal is not None:
             from distillguard.detection.signals import signal_names
 

@@ -2,10 +2,9 @@
 
 No HTTP, no backend: each request becomes the ``RequestEvent`` the gateway would have
 recorded. Admission follows the gateway's ``Admission`` middleware: an account under
-``block`` or ``challenge`` gets 403 and no response; under ``throttle`` a token bucket of
-``base_rpm * rate_factor`` per minute (10 s of burst, as ``PolicyEngine.admit``) admits
-or refuses with 429, timed on the simulated clock (``PolicyEngine``'s own bucket reads
-the wall clock); ``degrade`` and ``allow`` are served. Refused requests still leave an
+``block`` or ``challenge`` gets 403 and no response; under ``throttle``
+``PolicyEngine.admit``'s token bucket admits or refuses with 429, timed on the simulated
+clock the engine is given; ``degrade`` and ``allow`` are served. Refused requests still leave an
 event (status 403/429, no tokens), as in the gateway.
 """
 
@@ -93,27 +92,6 @@ class MemoryActionStore:
         """Nothing to release."""
 
 
-class _Buckets:
-    """Throttle token buckets on the simulated clock (same rule as ``PolicyEngine``)."""
-
-    def __init__(self, base_rpm: float) -> None:
-        self.base_rpm = base_rpm
-        self._state: dict[str, tuple[float, float, float]] = {}  # tokens, last, created
-
-    def take(self, account: str, action: Action, now: float) -> bool:
-        per_s = self.base_rpm * (action.rate_factor or 1.0) / 60.0
-        capacity = max(1.0, per_s * 10.0)
-        tokens, last, created = self._state.get(account, (capacity, now, action.created_at))
-        if created != action.created_at:  # a new action starts a full bucket
-            tokens, last, created = capacity, now, action.created_at
-        tokens = min(capacity, tokens + (now - last) * per_s)
-        if tokens >= 1.0:
-            self._state[account] = (tokens - 1.0, now, created)
-            return True
-        self._state[account] = (tokens, now, created)
-        return False
-
-
 def event_for(req: SimRequest, status: int, tokens: int, seq: int,
               settings: Settings) -> RequestEvent:
     """The ``RequestEvent`` the gateway records for ``req`` answered with ``status``."""
@@ -161,18 +139,18 @@ class ReplayRun:
         base_rpm = float(self.settings.rate_limit_rpm or self.settings.policy_throttle_rpm)
         self.policy = PolicyEngine(MemoryActionStore(self.clock),
                                    load_rules(self.settings.policy_file), base_rpm=base_rpm,
+                                   relative_throttle=self.settings.policy_throttle_relative,
                                    clock=self.clock)
-        self.buckets = _Buckets(base_rpm)
         self.recorder = Recorder(traffic)
         self.progress = progress
 
     def _admit(self, req: SimRequest) -> int:
-        action = self.policy.current_action(req.account)
-        if action is None or action.kind in ("allow", "degrade"):
+        # The gateway's own admission rule, on the simulated clock (set to req.ts).
+        decision = self.policy.admit(req.account)
+        if decision.allowed:
             return 200
-        if action.kind in ("block", "challenge"):
-            return 403
-        return 200 if self.buckets.take(req.account, action, req.ts) else 429
+        return 429 if decision.action is not None and decision.action.kind == "throttle" \
+            else 403
 
     def _slice(self, reqs: Sequence[SimRequest], seq: int) -> list[RequestEvent]:
         events = []
