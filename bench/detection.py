@@ -63,7 +63,9 @@ def streams(prompts: list[str], users: int, rnd: random.Random, keys: Keys):
         labels[name] = "benign"
         keys.add(name, T0 - rnd.uniform(86400, 90 * 86400))
         ts = T0 + rnd.uniform(0, SPAN * 0.8)
-        addr = f"{rnd.randint(1, 223)}.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}.{rnd.randint(1, 254)}"
+        octets = (rnd.randint(1, 223), rnd.randint(0, 255), rnd.randint(0, 255),
+                  rnd.randint(1, 254))
+        addr = ".".join(map(str, octets))
         ua = rnd.choice(["Mozilla/5.0", "OpenAI/Python 1.50", "curl/8.5"])
         for i in range(rnd.randint(5, 60)):
             ts += rnd.lognormvariate(4.0, 1.2)
@@ -152,10 +154,10 @@ def main() -> int:
 
     embedder = None
     if not args.no_embeddings:
+        import torch
+
         from distillguard.detection.embedder import CachedEmbedder, MiniLMEmbedder
         from distillguard.detection.text import last_user_turn
-
-        import torch
         torch.set_num_threads(1)
         embedder = CachedEmbedder(MiniLMEmbedder())
         embedder.embed(["warm up"])

@@ -38,7 +38,6 @@ import torch  # noqa: E402
 from distillguard.config import Secret, Settings  # noqa: E402
 from distillguard.watermark import detector  # noqa: E402
 from distillguard.watermark.calibration import calibrate, human_texts  # noqa: E402
-from distillguard.watermark.keyed import KeyedPartition  # noqa: E402
 from distillguard.watermark.schemes import get_scheme  # noqa: E402
 from distillguard.watermark.service import PlainSampler, WatermarkService  # noqa: E402
 

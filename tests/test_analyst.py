@@ -6,12 +6,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import ADMIN_TOKEN
-from test_detection import harvester, population
 
+from conftest import ADMIN_TOKEN
 from distillguard.detection.pipeline import DetectionPipeline
 from distillguard.gateway import analyst
 from distillguard.policy.engine import PolicyEngine
+from test_detection import harvester, population
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 

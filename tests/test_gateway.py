@@ -10,6 +10,7 @@ import pytest
 from distillguard.backends.base import BackendError, StreamDelta
 from distillguard.backends.echo import EchoBackend
 
+
 def wait_for_events(gateway, n: int, timeout: float = 10.0) -> list:
     """Events of a live server: the last one is queued just after the client's last byte."""
     deadline = time.monotonic() + timeout

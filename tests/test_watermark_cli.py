@@ -86,8 +86,9 @@ def test_detect_text_file_jsonl_and_stdin(settings, tokenizer, word_ids, tmp_pat
     assert run(settings, "wm", "detect", str(tmp_path / "marked.txt"),
                str(tmp_path / "docs.jsonl")) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    docs = tmp_path / "docs.jsonl"
     assert [x["source"] for x in lines] == [
-        str(tmp_path / "marked.txt"), f"{tmp_path / 'docs.jsonl'}:1", f"{tmp_path / 'docs.jsonl'}:2"]
+        str(tmp_path / "marked.txt"), f"{docs}:1", f"{docs}:2"]
     assert lines[0]["p_value"] < 1e-6 and lines[0]["key_id"] == service.ring.active.key_id
     assert lines[1]["id"] == "a" and lines[1]["p_value"] < 1e-6
     assert lines[2]["id"] == "b" and lines[2]["p_value"] > 1e-3

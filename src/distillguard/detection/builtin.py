@@ -432,7 +432,8 @@ class ParallelismSignal:
         return ramp(value, 2.0, 8.0)
 
     def explain(self, value: float, baseline: Baseline | None) -> str:
-        return f"{value:.1f} requests in flight on average at each arrival ({_vs(baseline, '{:.1f}')})"
+        return (f"{value:.1f} requests in flight on average at each arrival "
+                f"({_vs(baseline, '{:.1f}')})")
 
 
 class _Rate:
@@ -467,10 +468,12 @@ class _Rate:
         if baseline is None or baseline.accounts < 10 or baseline.median <= 0:
             return 0.0
         # 4x the median starts to count, 40x is as suspicious as volume gets.
-        return ramp(math.log10(max(value, 1e-9) / baseline.median), math.log10(4), 2 - math.log10(2.5))
+        return ramp(math.log10(max(value, 1e-9) / baseline.median), math.log10(4),
+                    2 - math.log10(2.5))
 
     def explain(self, value: float, baseline: Baseline | None) -> str:
-        ratio = f", {value / baseline.median:.0f}x the median" if baseline and baseline.median > 0 else ""
+        ratio = (f", {value / baseline.median:.0f}x the median"
+                 if baseline and baseline.median > 0 else "")
         return (f"{value:,.0f} {self.unit} per hour{ratio} ({_vs(baseline, '{:,.0f}')})")
 
 
@@ -530,7 +533,8 @@ class DutyCycleSignal:
         return ramp(value, 0.4, 0.9)
 
     def explain(self, value: float, baseline: Baseline | None) -> str:
-        return f"requests in {_pct(value)} of the minutes of its active span ({_vs(baseline, '{:.0%}')})"
+        return (f"requests in {_pct(value)} of the minutes of its active span "
+                f"({_vs(baseline, '{:.0%}')})")
 
 
 @register_signal
@@ -566,7 +570,8 @@ class AllHoursSignal:
         return ramp(value, 16 / 24, 23 / 24)
 
     def explain(self, value: float, baseline: Baseline | None) -> str:
-        return f"active in {round(value * 24)} of the 24 hours of the day ({_vs(baseline, '{:.0%}')})"
+        return (f"active in {round(value * 24)} of the 24 hours of the day "
+                f"({_vs(baseline, '{:.0%}')})")
 
 
 @register_signal

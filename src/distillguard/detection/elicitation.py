@@ -25,14 +25,17 @@ _CUES = re.compile("|".join([
     r"step[- ]by[- ]step", r"chain[- ]of[- ]thought", r"\bthink (it )?through\b",
     r"show (all )?(your|the) (reasoning|work|thinking|steps)", r"explain your reasoning",
     r"reason(ing)? (carefully )?before (you )?answer", r"<think>",
-    r"\brubric\b", r"grade (the|this|each) (answer|response)", r"score (the|this|each) (answer|response) (from|on)",
+    r"\brubric\b", r"grade (the|this|each) (answer|response)",
+    r"score (the|this|each) (answer|response) (from|on)",
     r"rewrite (it |this |the (text|following) )?(safely|to be safe|in a safe)",
     r"(as|in) (a )?json (array|lines|rows|objects?)", r"\bjsonl\b",
-    r"generate \d+ (new |diverse |synthetic |unique )?(questions|examples|tasks|problems|prompts|samples)",
+    r"generate \d+ (new |diverse |synthetic |unique )?"
+    r"(questions|examples|tasks|problems|prompts|samples)",
     r"synthetic (data|dataset|examples|tasks)", r"training (data|examples|set) for",
     r"(instruction|response) pairs?",
     # Chinese
-    r"一步一步", r"逐步", r"思维链", r"推理过程", r"详细(的)?推理", r"评分标准", r"生成\d+(个|道|条)",
+    r"一步一步", r"逐步", r"思维链", r"推理过程", r"详细(的)?推理", r"评分标准",
+    r"生成\d+(个|道|条)",
     r"JSON格式", r"训练数据",
     # Spanish / Portuguese
     r"paso a paso", r"cadena de pensamiento", r"razonamiento", r"passo a passo",
@@ -44,7 +47,8 @@ _CUES = re.compile("|".join([
     # Russian
     r"шаг за шагом", r"пошагово", r"цепочк\w+ рассуждени", r"сгенерируй \d+",
     # Japanese / Korean
-    r"ステップバイステップ", r"段階的に", r"思考過程", r"推論過程", r"단계별로", r"차근차근", r"추론 과정",
+    r"ステップバイステップ", r"段階的に", r"思考過程", r"推論過程",
+    r"단계별로", r"차근차근", r"추론 과정",
 ]), re.IGNORECASE)
 
 EXEMPLARS = (

@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distillguard.detection.campaigns import Campaign, Profile, find_campaigns
-from distillguard.detection.signals import GROUPS, Baseline, EventFeatures, Signal, create_signal, signal_names
+from distillguard.detection.signals import (
+    GROUPS,
+    Baseline,
+    EventFeatures,
+    Signal,
+    create_signal,
+    signal_names,
+)
 from distillguard.detection.text import assistant_turns, last_user_turn, template_features
 
 if TYPE_CHECKING:

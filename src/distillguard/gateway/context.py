@@ -9,7 +9,6 @@ from typing import Any
 
 from distillguard.telemetry.events import RequestEvent
 
-
 # Request ids: a random per-process prefix and a counter. Unique across replicas and
 # restarts without paying for os.urandom on every request.
 _ID_PREFIX = os.urandom(6).hex()

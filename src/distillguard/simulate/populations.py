@@ -337,7 +337,7 @@ class SharedKey(Population):
         for i in range(self.p.accounts):
             account = self.account_name(i)
             office = residential_addr(rng)
-            for m in range(self.p.members):
+            for _ in range(self.p.members):
                 tz = rng.choice([-8, -5, 0, 1, 5.5, 9]) if self.p.reseller else 1
                 addr = residential_addr(rng) if self.p.reseller else office
                 agent = rng.choice(BROWSERS + SDKS[:2])

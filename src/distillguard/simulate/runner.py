@@ -70,7 +70,6 @@ def run_settings(scenario: Scenario, data_dir: str, *, embeddings: bool | None,
     ``data_dir``, the echo-style simulated backend, client addresses from
     X-Forwarded-For (the simulator sends them), prompts retained."""
     from distillguard.config import SettingsError
-
     from distillguard.simulate.populations import ScenarioError
 
     values = dict(base.values) if base is not None else None

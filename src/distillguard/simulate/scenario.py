@@ -58,7 +58,7 @@ from distillguard.simulate.populations import (
     population_kinds,
 )
 
-DEFAULT_START = dt.datetime(2025, 6, 2, tzinfo=dt.timezone.utc).timestamp()
+DEFAULT_START = dt.datetime(2025, 6, 2, tzinfo=dt.UTC).timestamp()
 _SCENARIO_KEYS = {"name", "description", "duration", "start", "seed", "detection_interval",
                   "held_out", "corpus"}
 
