@@ -251,3 +251,14 @@ def test_baselines_count_light_accounts_and_observed_rpm():
     assert pipeline.baselines()["request_rate"].median == pytest.approx(3.0)
     assert pipeline.observed_rpm("light0") == pytest.approx(3 * 60 / 600)  # 10 min floor
     assert pipeline.observed_rpm("nobody") is None
+
+
+def test_a_slow_signup_burst_counts_as_one_burst_on_a_quiet_service():
+    from distillguard.detection.campaigns import BURST_GAP_MAX_S, BURST_GAP_S, burst_gap
+
+    day = 86400.0
+    quiet = [i * day for i in range(50)]  # one sign-up a day
+    swarm = [10.5 * day + 80.0 * i for i in range(12)]  # a key every 80 s
+    assert burst_gap(sorted(quiet + swarm)) == BURST_GAP_MAX_S
+    busy = [i * 30.0 for i in range(5000)]  # a sign-up every 30 s
+    assert burst_gap(busy) == BURST_GAP_S

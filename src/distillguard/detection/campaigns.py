@@ -35,7 +35,11 @@ import numpy as np
 from distillguard.detection.signals import GROUPS, Baseline, EventFeatures
 
 MIN_MEMBERS = 3
+# Keys created closer than this (or, where sign-ups are rare, closer than a twentieth of
+# the mean gap between sign-ups, up to BURST_GAP_MAX_S) form a burst: a swarm that
+# creates its keys over a quarter of an hour is still one burst on a quiet service.
 BURST_GAP_S = 120.0
+BURST_GAP_MAX_S = 900.0
 # Bottom-k sketch of active minutes: the k smallest minute hashes estimate Jaccard.
 _TIMING_K = 32
 # A client fingerprint (agent + exact parameters) is weak: every user of one app with
@@ -196,11 +200,12 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
                 buckets[("shared_template", band)].append(name)
     # Key-creation bursts: runs of keys created close together, split by user agent.
     timed = sorted((t, a) for a, t in key_times.items() if a in members)
+    gap = burst_gap([t for t, _ in timed])
     run: list[str] = []
     last = -math.inf
     burst = 0
     for t, a in timed + [(math.inf, "")]:
-        if t - last > BURST_GAP_S:
+        if t - last > gap:
             if len(run) >= MIN_MEMBERS:
                 for acct in run:
                     agent = members[acct][1].top(members[acct][1].agents)
@@ -219,6 +224,7 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
             uf.union(accts[0], a)
         for a in accts:
             kinds_of[a].add(kind)
+    _merge_by_client(uf, kinds_of, members)
     groups: dict[str, list[str]] = defaultdict(list)
     for a in kinds_of:
         groups[uf.find(a)].append(a)
@@ -231,6 +237,47 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
         campaigns.append(_score(accts, members, kinds_of, baselines, n_topics, combine))
     campaigns.sort(key=lambda c: (-c.risk, -len(c.members)))
     return campaigns
+
+
+def burst_gap(times: list[float]) -> float:
+    """The largest gap between key creations that still counts as one burst.
+
+    A twentieth of the mean gap between sign-ups (their span over their number): a
+    swarm's own tight gaps move the mean little, where they would drag a median down.
+    """
+    if len(times) < 2 * MIN_MEMBERS:
+        return BURST_GAP_S
+    mean_gap = (times[-1] - times[0]) / (len(times) - 1)
+    return max(BURST_GAP_S, min(BURST_GAP_MAX_S, mean_gap / 20.0))
+
+
+def _merge_by_client(uf: _UnionFind, kinds_of: dict[str, set[str]],
+                     members: dict[str, Any]) -> None:
+    """Join groups that other evidence formed when they send with one client fingerprint.
+
+    A fingerprint alone would join every user of one app with default settings, so it
+    never adds an account that no other evidence linked; it only says that two linked
+    groups (e.g. two bursts of one swarm's sign-ups) are the same operation.
+    """
+    by_client: dict[Any, list[str]] = defaultdict(list)
+    for a in kinds_of:
+        prof = members[a][1]
+        client = prof.top(prof.clients)
+        if client is not None and prof.clients[client] >= MIN_CLIENT_REPEATS:
+            by_client[client].append(a)
+    sizes: dict[str, int] = defaultdict(int)
+    for a in kinds_of:
+        sizes[uf.find(a)] += 1
+    limit = max(MIN_MEMBERS, len(members) // 2)
+    for accts in by_client.values():
+        if len(accts) > limit:
+            continue
+        # Only groups that already have MIN_MEMBERS linked accounts each.
+        big = sorted({r for r in map(uf.find, accts) if sizes[r] >= MIN_MEMBERS})
+        for r in big[1:]:
+            total = sizes[uf.find(big[0])] + sizes[r]
+            uf.union(big[0], r)
+            sizes[uf.find(big[0])] = total
 
 
 def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[str]],

@@ -63,6 +63,11 @@ DEFAULT_RULES = (
          min_link=0.8),
     Rule("throttle-campaign", "throttle", min_risk=0.5, ttl=6 * 3600.0, scope="campaign",
          rate_factor=0.1),
+    # Calibrated on quickstart and calib-swarm: a swarm tied by a sign-up burst, one
+    # client fingerprint and lockstep timing (link about 0.75) whose pooled harvest is
+    # moderate stays under 0.5 risk; no benign group reached link 0.7 there.
+    Rule("throttle-linked-campaign", "throttle", min_risk=0.4, ttl=6 * 3600.0,
+         scope="campaign", min_link=0.7, rate_factor=0.1),
     Rule("throttle-suspect", "throttle", min_risk=0.6, ttl=3600.0, rate_factor=0.2),
     Rule("degrade-elicitation", "degrade", min_risk=0.4, ttl=6 * 3600.0,
          signal="elicitation", min_strength=0.8),
