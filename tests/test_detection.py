@@ -262,3 +262,28 @@ def test_a_slow_signup_burst_counts_as_one_burst_on_a_quiet_service():
     assert burst_gap(sorted(quiet + swarm)) == BURST_GAP_MAX_S
     busy = [i * 30.0 for i in range(5000)]  # a sign-up every 30 s
     assert burst_gap(busy) == BURST_GAP_S
+
+
+def test_a_user_who_shares_only_a_question_with_a_swarm_is_not_in_its_core():
+    """Campaign risk (and campaign rules) reach only members tied by two kinds of
+    evidence: a benign user whose one prompt a swarm also sends is a member by a single
+    template bucket, and stays out of the core."""
+    from distillguard.detection.campaigns import Campaign
+
+    fields = Campaign.__dataclass_fields__
+    assert "core" in fields
+    from distillguard.simulate.replay import ReplayRun
+    from distillguard.simulate.runner import Traffic
+    from distillguard.simulate.scenario import load_scenario
+
+    run = ReplayRun(Traffic.generate(load_scenario("calib-swarm"), 0.5), progress=False)
+    try:
+        rec = run.run()
+        campaigns = run.pipeline.refresh()
+    finally:
+        run.close()
+    swarm = next(c for c in campaigns if any(m.startswith("sybil") for m in c.members))
+    assert all(m.startswith("sybil") for m in swarm.core)
+    assert len(swarm.core) >= 5
+    benign = [a for n, a in rec.acct.items() if not n.startswith("sybil")]
+    assert all(a.first_action is None for a in benign)

@@ -151,6 +151,10 @@ class Campaign:
     risk: float
     events: int
     groups: dict[str, float]
+    # Members tied to the others by at least two kinds of evidence of their own. Only
+    # they carry the campaign's risk: a real user who merely asked a question that a
+    # swarm also asked shares one template bucket with it, and nothing else.
+    core: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -292,14 +296,20 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
     # A shared client fingerprint only adds to a group other evidence formed: alone it
     # would join every user of one browser with default settings.
     clients: dict[Any, int] = defaultdict(int)
+    client_of: dict[str, Any] = {}
     for a in accts:
         prof = members[a][1]
         client = prof.top(prof.clients)
         if client is not None and prof.clients[client] >= MIN_CLIENT_REPEATS:
             clients[client] += 1
+            client_of[a] = client
+    own_kinds = {a: len(kinds_of[a]) for a in accts}
     if clients:
         client, count = max(clients.items(), key=lambda kv: kv[1])
         if count >= MIN_MEMBERS:
+            for a in accts:
+                if client_of.get(a) == client:
+                    own_kinds[a] += 1
             share = count / len(accts)
             evidence.append(Evidence("shared_client", LINK_WEIGHTS["shared_client"] * share,
                                      f"{count} of {len(accts)} accounts send with the same "
@@ -366,8 +376,9 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
     harvest = combine(groups)
     risk = link * harvest if len(accts) >= MIN_MEMBERS else 0.0
     cid = "cmp_" + hashlib.sha256("\n".join(accts).encode()).hexdigest()[:10]
+    core = [a for a in accts if own_kinds[a] >= 2]
     return Campaign(cid, accts, evidence, round(link, 4), round(harvest, 4), round(risk, 4),
-                    events, {g: round(v, 4) for g, v in groups.items()})
+                    events, {g: round(v, 4) for g, v in groups.items()}, core)
 
 
 def _describe(kind: str, accts: list[str], members: dict[str, Any], share: float) -> str:

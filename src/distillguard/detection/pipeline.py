@@ -10,6 +10,7 @@ Scoring. Each signal's strength in [0, 1] counts within its group by noisy-OR of
 
     harvest = intent * (0.5 + 0.5 * max(automation, volume))
     risk    = max(harvest * min(1, events / detection_min_events), campaign risk)
+            (campaign risk only for its core members, tied by two kinds of evidence)
 
 Automation or volume alone (an evaluation harness, a busy RAG app) never makes risk:
 it only multiplies what the account extracts.
@@ -384,7 +385,7 @@ class DetectionPipeline:
                                        if self.topic_map is not None else 0,
                                        combine=self._combine)
             self._campaigns = campaigns
-            self._campaign_of = {m: c for c in campaigns for m in c.members}
+            self._campaign_of = {m: c for c in campaigns for m in c.core}
         return campaigns
 
     def campaigns(self) -> list[Campaign]:

@@ -200,7 +200,7 @@ class PolicyEngine:
                            f"accounts) risk {campaign.risk:.2f} >= {rule.min_risk:.2f}, "
                            f"link {campaign.link:.2f}: "
                            + "; ".join(e.message for e in campaign.evidence))
-                    for member in campaign.members:
+                    for member in campaign.core:
                         want(member, rule, why)
         changed = []
         for account, (rule, why) in wanted.items():
