@@ -1,6 +1,6 @@
 """Radioactivity: does a student distilled through the gateway carry our watermark?
 
-    .venv/bin/python bench/radioactivity.py                  # CPU size, ~30 min on 2 cores
+    .venv/bin/python bench/radioactivity.py                  # CPU size, ~30 min on 2 shared cores
     .venv/bin/python bench/radioactivity.py --teacher tiny --prompts 20   # smoke run
     .venv/bin/python bench/radioactivity.py --prompts 2000 --max-tokens 256 \
         --size full --device cuda --epochs 2                  # a GPU
@@ -16,12 +16,16 @@ answers to the other prompts (text that never passed through the gateway).
 Tests (``distillguard.forensics.radioactivity``), per student:
 * black-box: the prompts the harvesting accounts sent, read back from the gateway's
   event store, restricted to those whose answers the student trained on (for rho = 0,
-  the 10% set, as a control); ``--query-rows`` answers in all at ``--query-temperature``;
+  the 10% set, as a control); ``--query-rows`` answers in all at ``--query-temperature``
+  (default 0: greedy, one answer per prompt, where a learned bias shows most);
   one exact p-value over all 16 cohort keys (Sidak), tuples deduplicated across
-  outputs, tuples from the prompts excluded;
+  outputs, tuples from the prompts excluded; once over all tuples and once with the
+  filter of Sander et al. (only tuples whose context occurs in the harvested answers to
+  the query prompts, ``context_fingerprints``);
 * open weights: the student's argmax predictions on the harvested watermarked answers
   of the same prompts, against the base model's (Fisher exact, reading mode).
-Also printed: the student's loss on held-out teacher outputs before and after training.
+Also printed: the student's loss on held-out teacher outputs before and after training,
+and on its own training pairs after training (how far it fitted them).
 """
 
 from __future__ import annotations
@@ -43,7 +47,11 @@ from distillguard.config import Settings
 from distillguard.distill.harvest import KeySpec, harvest
 from distillguard.distill.prompts import iter_sharegpt
 from distillguard.distill.train import Pair, train_student
-from distillguard.forensics.radioactivity import blackbox_test, reading_test
+from distillguard.forensics.radioactivity import (
+    blackbox_test,
+    context_fingerprints,
+    reading_test,
+)
 from distillguard.forensics.suspects import WeightsSuspect, prompts_from_store
 from distillguard.watermark import detector
 from distillguard.watermark.service import WatermarkService
@@ -81,18 +89,21 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--prompts", type=int, default=60, help="training pairs per student")
     p.add_argument("--heldout", type=int, default=6, help="held-out teacher pairs")
-    p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer")
+    p.add_argument("--max-tokens", type=int, default=96, help="tokens per answer")
     p.add_argument("--rhos", default="0,0.05,0.1,0.25,1", help="watermarked shares")
     p.add_argument("--accounts", type=int, default=2, help="harvesting accounts")
     p.add_argument("--delta", type=float, default=4.0, help="teacher's greenlist delta")
     p.add_argument("--size", default="s", help="student size (distill train --size)")
-    p.add_argument("--epochs", type=float, default=4.0)
-    p.add_argument("--lr", type=float, default=3e-4)
+    # A distiller fits its harvest: 8 epochs at 1e-3 take the top two blocks' training
+    # loss from ~2.3 to ~0.3 nats/token (the student reproduces what it was sold).
+    p.add_argument("--epochs", type=float, default=8.0)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--query-rows", type=int, default=32, help="answers asked of each "
                    "student, spread evenly over its query prompts")
-    p.add_argument("--query-temperature", type=float, default=0.5)
+    p.add_argument("--query-temperature", type=float, default=0.0,
+                   help="0: greedy, one answer per query prompt")
     p.add_argument("--teacher", default="embedded", help="`embedded`, `tiny` or a folder")
     p.add_argument("--keep", help="keep the work folder here (default: a temp folder)")
     return p.parse_args(argv)
@@ -182,7 +193,9 @@ def main(argv=None) -> int:
         query_pool = ({e.prompt for e in train_ex[: max(1, round(0.1 * len(train_ex)))]}
                       if control else wm_prompts)
         query = [p for p in logged if p in query_pool][: args.query_rows]
-        samples = max(1, args.query_rows // max(len(query), 1))
+        # Greedy decoding gives one answer per prompt: more would be copies.
+        samples = (1 if args.query_temperature == 0
+                   else max(1, args.query_rows // max(len(query), 1)))
         log(f"rho={rho:g}: {k} watermarked pairs of {len(pairs)}; training")
         t1 = time.monotonic()
         out = work / f"student-{rho:g}"
@@ -196,9 +209,12 @@ def main(argv=None) -> int:
         student = WeightsSuspect(out, batch_size=32)
         outputs = student.generate(query, samples=samples, max_tokens=args.max_tokens,
                                    temperature=args.query_temperature, seed=1)
-        bb = blackbox_test([ids(o) for o in outputs], scheme, candidates,
-                           prompts=[ids(p) for p in query], null_keys=20)
         texts = [ids(answers[p]) for p in query if p in answers]
+        out_ids = [ids(o) for o in outputs]
+        bb = blackbox_test(out_ids, scheme, candidates,
+                           prompts=[ids(p) for p in query], null_keys=20)
+        bbf = blackbox_test(out_ids, scheme, candidates, prompts=[ids(p) for p in query],
+                            null_keys=20, contexts=context_fingerprints(texts, scheme))
         missing = [t for t in texts if tuple(t) not in ref_cache]
         for t, pred in zip(missing, reference.predictions(missing)):
             ref_cache[tuple(t)] = pred
@@ -210,9 +226,15 @@ def main(argv=None) -> int:
             "rho": rho, "wm_pairs": k, "train_response_tokens": result.response_tokens_per_epoch,
             "heldout_loss_before": result.heldout_loss_before,
             "heldout_loss_after": result.heldout_loss_after,
-            "query_prompts": len(query), "bb_tokens_scored": bb.tokens_scored,
+            "train_loss_first": result.train_loss_first,
+            "train_loss_after": result.train_loss_after,
+            "query_prompts": len(query), "query_answers": len(outputs),
+            "bb_tokens_scored": bb.tokens_scored,
             "bb_green_fraction": best.hit_rate, "bb_p_value": bb.p_value,
-            "bb_cohort": bb.cohort, "read_tokens_scored": rd.tokens_scored,
+            "bb_cohort": bb.cohort, "bbf_tokens_scored": bbf.tokens_scored,
+            "bbf_green_fraction": min(bbf.per_key, key=lambda x: x.p_value).hit_rate,
+            "bbf_p_value": bbf.p_value, "bbf_cohort": bbf.cohort,
+            "read_tokens_scored": rd.tokens_scored,
             "read_p_value": rd.p_value, "train_s": round(t_train), "test_s": round(t_test)})
         log(f"rho={rho:g}: {json.dumps(rows[-1])}")
         shutil.rmtree(out, ignore_errors=True)  # 0.5 GB per student
@@ -221,21 +243,29 @@ def main(argv=None) -> int:
     print(f"# Radioactivity: teacher {args.teacher} (greenlist, gamma 0.25, delta "
           f"{args.delta:g}, context 1, 16 cohorts), {len(accounts)} harvesting accounts "
           f"in cohorts {sorted(true_cohorts.values())}")
+    asked = ("one greedy answer per logged prompt" if args.query_temperature == 0 else
+             f"{args.query_rows} answers to the logged prompts at "
+             f"T={args.query_temperature:g}")
     print(f"# students: --size {args.size}, {args.epochs:g} epochs, {len(train_ex)} pairs of "
-          f"<= {args.max_tokens} answer tokens, lr {args.lr:g}; black-box: "
-          f"{args.query_rows} answers to the logged prompts at T={args.query_temperature:g}")
+          f"<= {args.max_tokens} answer tokens, lr {args.lr:g}; black-box: {asked}"
+          f" (at most {args.query_rows} prompts); filtered = only tuples whose context "
+          f"occurs in the harvested answers to those prompts")
     print(f"# teacher's own harvested answers: {teacher_bb.tokens_scored} tuples, green "
           f"{min(teacher_bb.per_key, key=lambda x: x.p_value).hit_rate:.3f}, "
           f"p = {teacher_bb.p_value:.1e}")
-    print("| rho | wm pairs | held-out loss before -> after | query prompts | "
-          "black-box tuples | green fraction | black-box p | cohort | reading tuples | "
-          "reading p (vs base) | train s | test s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| rho | wm pairs | train loss first -> after | held-out loss before -> after | "
+          "query prompts | black-box tuples | green fraction | black-box p | "
+          "filtered tuples | filtered green | filtered p | cohort (filtered) | "
+          "reading tuples | reading p (vs base) | train s | test s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['rho']:.0%} | {r['wm_pairs']} | {r['heldout_loss_before']:.3f} -> "
+        print(f"| {r['rho']:.0%} | {r['wm_pairs']} | {r['train_loss_first']:.3f} -> "
+              f"{r['train_loss_after']:.3f} | {r['heldout_loss_before']:.3f} -> "
               f"{r['heldout_loss_after']:.3f} | {r['query_prompts']} | "
               f"{r['bb_tokens_scored']} | {r['bb_green_fraction']:.3f} | "
-              f"{r['bb_p_value']:.1e} | {r['bb_cohort']} | {r['read_tokens_scored']} | "
+              f"{r['bb_p_value']:.1e} | {r['bbf_tokens_scored']} | "
+              f"{r['bbf_green_fraction']:.3f} | {r['bbf_p_value']:.1e} | "
+              f"{r['bbf_cohort']} | {r['read_tokens_scored']} | "
               f"{r['read_p_value']:.1e} | {r['train_s']} | {r['test_s']} |")
     print(f"# harvest {t_harvest:.0f} s ({summary.completion_tokens} tokens), total "
           f"{total / 60:.1f} min")

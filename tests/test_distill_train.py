@@ -33,6 +33,7 @@ def test_training_reduces_loss_and_writes_checkpoints(tiny, tmp_path, size):
                            epochs=6, batch_size=4, lr=3e-3, heldout=0.15, progress=None)
     assert result.examples_heldout == 2 and result.examples_train == 12
     assert result.train_loss_last < result.train_loss_first
+    assert result.train_loss_after < result.train_loss_first
     assert result.heldout_loss_after < result.heldout_loss_before
     ckpts = sorted(p.name for p in out.glob("checkpoint-*.pt"))
     assert len(ckpts) == 2 and f"checkpoint-{result.steps}.pt" in ckpts  # keeps the last 2

@@ -140,13 +140,19 @@ def test_weights_suspect_blackbox_and_reading_modes_run(service, tmp_path, tiny)
     out = tmp_path / "r"
     code = run(["forensics", "weights", str(tiny), "--texts", str(texts), "--reference",
                 str(tiny), "--prompts", str(prompts), "--samples", "2", "--max-tokens",
-                "16", "--null-keys", "5", "--out", str(out)], tmp_path / "data")
+                "16", "--null-keys", "5", "--filter-texts", str(texts), "--out", str(out)],
+               tmp_path / "data")
     assert code == 0
     record = json.loads((out / "evidence.json").read_text())
     assert [t["test"] for t in record["tests"]] == ["reading_vs_reference", "blackbox"]
+    # Only tuples after a context that occurs in our texts were scored.
+    blackbox = record["tests"][1]
+    assert blackbox["tokens_ignored_filter"] > 0
+    assert any("Filter" in n for n in blackbox["notes"])
     # The suspect is its own reference: nothing differs, so nothing is evidence.
     assert record["verdict"] == "no evidence at this alpha"
     assert "--reference" in record["command"] and "--samples 2" in record["command"]
+    assert f"--filter-texts {texts}" in record["command"]
 
 
 def test_key_ids_of_a_rotated_ring_are_all_tried(tmp_path):

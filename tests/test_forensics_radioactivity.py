@@ -9,7 +9,11 @@ import pytest
 from scipy import stats
 
 from distillguard.forensics.attribution import attribute, holm, rotations_needed
-from distillguard.forensics.radioactivity import blackbox_test, reading_test
+from distillguard.forensics.radioactivity import (
+    blackbox_test,
+    context_fingerprints,
+    reading_test,
+)
 from distillguard.watermark.detector import Candidate
 from distillguard.watermark.keyed import KeyedPartition
 from distillguard.watermark.keys import WatermarkKey
@@ -110,6 +114,53 @@ def test_clean_students_p_values_are_uniform_across_seeds_and_keys():
     p_values = np.array(p_values)
     assert stats.kstest(p_values, "uniform").pvalue > 1e-3
     assert (p_values < 0.01).mean() < 0.01 + 3 * np.sqrt(0.01 / len(p_values))
+
+
+def test_context_filter_keeps_only_tuples_whose_context_the_student_saw(ours):
+    harvested = [np.array([5, 6, 7, 8])]
+    outputs = [np.array([5, 9, 7, 8, 100, 101])]
+    result = blackbox_test(outputs, SCHEME, ours, null_keys=0,
+                           contexts=context_fingerprints(harvested, SCHEME))
+    # Contexts 5, 6, 7 are followed by a token in the harvested text; 9, 8, 100 are not.
+    assert result.tokens_scored == 2
+    assert result.tokens_ignored_filter == 3
+    assert any("Filter" in n for n in result.notes)
+
+
+def test_context_filter_from_watermarked_texts_keeps_the_null_uniform():
+    """No false accusation with the filter: the contexts come from text that carries the
+    key, the suspect never learned from it; p-values stay U(0, 1) over seeds and keys."""
+    p_values = []
+    clean = [BigramModel(200 + m) for m in range(3)]
+    for k in range(4):
+        cand = [Candidate("k", 0, key(f"filter-{k}"))]
+        harvested = BigramModel(300 + k, cand[0].partition, tilt=4.0,
+                                scheme=SCHEME).sample(10, 80, seed=k)
+        contexts = context_fingerprints(harvested, SCHEME)
+        for model in clean:
+            for seed in range(8):
+                outputs = model.sample(3, 80, seed=seed)
+                p_values.append(blackbox_test(outputs, SCHEME, cand, null_keys=0,
+                                              contexts=contexts).p_value)
+    p_values = np.array(p_values)
+    assert stats.kstest(p_values, "uniform").pvalue > 1e-3
+    assert (p_values < 0.01).mean() < 0.01 + 3 * np.sqrt(0.01 / len(p_values))
+
+
+def test_context_filter_sharpens_a_student_that_learned_only_the_harvested_contexts(ours):
+    teacher = BigramModel(13, ours[0].partition, tilt=4.0, scheme=SCHEME)
+    harvested = teacher.sample(3, 40, seed=4)
+    seen = np.unique(np.concatenate([h[:-1] for h in harvested]))
+    # The student's bias exists only after contexts it read: elsewhere it is clean.
+    student = BigramModel(14)
+    student.logits[seen] = BigramModel(14, ours[0].partition, tilt=1.5,
+                                       scheme=SCHEME).logits[seen]
+    outputs = student.sample(20, 60, seed=5)
+    plain = blackbox_test(outputs, SCHEME, ours, null_keys=0)
+    filtered = blackbox_test(outputs, SCHEME, ours, null_keys=0,
+                             contexts=context_fingerprints(harvested, SCHEME))
+    assert filtered.tokens_scored < plain.tokens_scored
+    assert filtered.p_value < plain.p_value
 
 
 def test_reading_mode_against_a_reference_convicts_and_clears(ours):

@@ -308,6 +308,7 @@ class TrainResult:
     steps: int
     train_loss_first: float | None
     train_loss_last: float | None
+    train_loss_after: float | None  # the whole training set, after training
     heldout_loss_before: float | None
     heldout_loss_after: float | None
     seconds: float
@@ -354,6 +355,7 @@ def train_student(
     cache_dir: Path | None = None,
     heldout_pairs: Sequence[Pair] | None = None,
     prefix_cache: dict[Any, Any] | None = None,
+    eval_train: bool = True,
     progress: TextIO | None = sys.stderr,
 ) -> TrainResult:
     """Train a student on ``pairs`` and save it (transformers folder) in ``out_dir``.
@@ -363,6 +365,8 @@ def train_student(
     optimizer go to ``out_dir/checkpoint-STEP.pt`` every ``save_every`` steps (0: once per
     epoch); ``resume`` continues from the newest one. ``prefix_cache``: a dict shared by
     students of the same base model, so frozen-block outputs are computed once for all.
+    ``eval_train``: also measure the loss on the whole training set after training
+    (``train_loss_after``; one forward pass over it).
     """
     import torch
 
@@ -445,6 +449,8 @@ def train_student(
             bar.close()
     model.eval()
     held_after = evaluate(runner, held_ex, batch_size)
+    # How far the student fitted what it trained on: a distiller trains to convergence.
+    train_after = evaluate(runner, train_ex, batch_size) if eval_train else None
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     result = TrainResult(
@@ -452,6 +458,7 @@ def train_student(
         examples_train=len(train_ex), examples_heldout=len(held_ex),
         response_tokens_per_epoch=sum(len(e.ids) - e.response_start for e in train_ex),
         epochs=epochs, steps=step, train_loss_first=first_loss, train_loss_last=last_loss,
+        train_loss_after=train_after,
         heldout_loss_before=held_before, heldout_loss_after=held_after,
         seconds=round(time.monotonic() - started, 1), checkpoints=checkpoints)
     (out_dir / "distill_train.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")

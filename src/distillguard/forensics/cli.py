@@ -87,7 +87,13 @@ def add_commands(subparsers: Any) -> None:
         rec.opt("--sharegpt", type=int, help="ask the first N ShareGPT prompts")
         rec.opt("--samples", type=int, default=4, help="answers per prompt (4)")
         rec.opt("--max-tokens", type=int, default=128, help="tokens per answer (128)")
-        rec.opt("--temperature", type=float, default=0.7, help="sampling temperature (0.7)")
+        rec.opt("--temperature", type=float, default=0.7, help="sampling temperature "
+                "(0.7); 0 is greedy, where a learned bias shows most (then one answer "
+                "per prompt suffices from local weights)")
+        rec.opt("--filter-texts", action="append", help="our watermarked outputs the "
+                "suspect may have trained on (JSONL `text` or `response`, e.g. the "
+                "harvesters' answers; repeatable): score only answer tuples whose "
+                "context occurs in them (the filter of Sander et al. 2024)")
         rec.opt("--seed", type=int, default=0, help="sampling seed (local weights)")
 
     endpoint = kinds.add_parser("endpoint", help="a model behind an OpenAI-compatible API")
@@ -218,9 +224,15 @@ def _investigate(args: argparse.Namespace, kind: str, rec: _Recorder) -> int:
                                        max_tokens=args.max_tokens,
                                        temperature=args.temperature, seed=args.seed,
                                        progress=progress)
+            contexts = None
+            if args.filter_texts:
+                contexts = radioactivity.context_fingerprints(
+                    [service.tokenize(t) for t in suspects.read_texts(args.filter_texts)],
+                    scheme)
             tests.append(radioactivity.blackbox_test(
                 [service.tokenize(o) for o in outputs], scheme, candidates,
-                prompts=[service.tokenize(p) for p in prompts], null_keys=args.null_keys))
+                prompts=[service.tokenize(p) for p in prompts], null_keys=args.null_keys,
+                contexts=contexts))
             suspect_info["prompts"] = len(prompts)
         if not tests:
             raise ValueError("nothing to test: give prompts (--accounts, --prompts or "

@@ -6,9 +6,13 @@ partition and scheme (``distillguard.watermark``), never with a copy of it:
 * ``blackbox_test``: the suspect's *outputs* (to prompts we choose, ideally the prompts
   the harvesting accounts sent). Tuples are deduplicated across all outputs together and
   tuples that occur in the prompts are dropped (a suspect that repeats the prompt must
-  not score for it). Every remaining tuple has its own keyed value, so under the null
-  (the suspect does not depend on our key) the sum of scores has the scheme's exact
-  null distribution: one exact p-value per candidate key, Sidak-corrected over keys.
+  not score for it). With ``contexts`` (``context_fingerprints`` of the watermarked
+  texts the suspect may have trained on) only tuples whose context occurs there are
+  scored: Sander et al. 2024's filter, which keeps the tuples where a student can have
+  learned our bias and drops the rest, which only add noise. Every remaining tuple has
+  its own keyed value, so under the null (the suspect does not depend on our key) the
+  sum of scores has the scheme's exact null distribution: one exact p-value per
+  candidate key, Sidak-corrected over keys.
 * ``reading_test`` without a reference: the suspect's argmax next-token predictions on
   texts *that do not carry our watermark*, deduplicated on (context, predicted token);
   exact null as above. On texts that do carry it the null fails: every model predicts
@@ -78,6 +82,7 @@ class TestResult:
     null_z_scores: list[float]  # statistic under random keys (empirical null)
     documents: int
     notes: list[str]
+    tokens_ignored_filter: int = 0  # black-box tuples whose context was filtered out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,16 +104,18 @@ def null_partitions(count: int, vocab_size: int = 49_152) -> list[KeyedPartition
 
 
 def _pairs_from(windows: list[np.ndarray], targets: list[np.ndarray], scheme: Scheme,
-                exclude: np.ndarray | None) -> tuple[ScoredPairs, int, int]:
+                exclude: np.ndarray | None, contexts: np.ndarray | None = None
+                ) -> tuple[ScoredPairs, int, int, int]:
     """Deduplicate (window, target) tuples across documents; drop excluded fingerprints.
 
-    Returns the pairs, how many were repeats and how many were excluded.
+    With ``contexts``, keep only tuples whose window fingerprint is among them. Returns
+    the pairs and how many were repeats, excluded, and outside ``contexts``.
     """
     width = scheme.context_width
     w = np.concatenate(windows) if windows else np.empty((0, width), np.int64)
     t = np.concatenate(targets) if targets else np.empty(0, np.int64)
     if len(t) == 0:
-        return ScoredPairs(w, t, np.empty(0, np.int64), 0, 0, 0), 0, 0
+        return ScoredPairs(w, t, np.empty(0, np.int64), 0, 0, 0), 0, 0, 0
     fp = fingerprints(w, t, scheme.seeding)
     _, first = np.unique(fp, return_index=True)
     first.sort()
@@ -119,8 +126,13 @@ def _pairs_from(windows: list[np.ndarray], targets: list[np.ndarray], scheme: Sc
         mask = ~np.isin(fp[first], exclude)
         excluded = int((~mask).sum())
         keep = first[mask]
+    outside = 0
+    if contexts is not None:
+        inside = np.isin(_window_fingerprints(w[keep], scheme), contexts)
+        outside = int((~inside).sum())
+        keep = keep[inside]
     pairs = ScoredPairs(w[keep], t[keep], keep, len(t), 0, repeated)
-    return pairs, repeated, excluded
+    return pairs, repeated, excluded, outside
 
 
 def prompt_fingerprints(prompts: Sequence[Sequence[int]], scheme: Scheme) -> np.ndarray:
@@ -131,6 +143,25 @@ def prompt_fingerprints(prompts: Sequence[Sequence[int]], scheme: Scheme) -> np.
         if len(t):
             parts.append(fingerprints(w, t, scheme.seeding))
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+
+
+def context_fingerprints(texts: Sequence[Sequence[int]], scheme: Scheme) -> np.ndarray:
+    """Fingerprints of every context window in ``texts`` (the filter of ``blackbox_test``).
+
+    A context's fingerprint is the key-independent tuple fingerprint of (window, -1):
+    the placeholder target never occurs as a token, so context and tuple fingerprints
+    never collide, and ``min`` seeding reduces the window to its set as for tuples.
+    """
+    parts = []
+    for ids in texts:
+        w, t = context_windows(np.asarray(ids, np.int64), scheme.context_width)
+        if len(t):
+            parts.append(_window_fingerprints(w, scheme))
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+
+
+def _window_fingerprints(windows: np.ndarray, scheme: Scheme) -> np.ndarray:
+    return fingerprints(windows, np.full(len(windows), -1, np.int64), scheme.seeding)
 
 
 def _score(scheme: Scheme, partition: KeyedPartition, pairs: ScoredPairs
@@ -162,9 +193,16 @@ def _finish(test: str, scheme: Scheme, per_key: list[KeyResult], null_z: list[fl
 
 def blackbox_test(outputs: Sequence[Sequence[int]], scheme: Scheme,
                   candidates: Sequence[Candidate], *,
-                  prompts: Sequence[Sequence[int]] = (), null_keys: int = 100
-                  ) -> TestResult:
-    """Score the suspect's outputs (token ids) as one pooled, deduplicated sample."""
+                  prompts: Sequence[Sequence[int]] = (), null_keys: int = 100,
+                  contexts: np.ndarray | None = None) -> TestResult:
+    """Score the suspect's outputs (token ids) as one pooled, deduplicated sample.
+
+    ``contexts``: ``context_fingerprints`` of texts; when given, only tuples whose
+    context occurs in them are scored (``tokens_ignored_filter`` counts the rest). The
+    null stays exact as long as those texts were chosen without looking at the
+    suspect's outputs: whether a context occurs in them does not change the keyed
+    value of the token that follows it in the suspect's output.
+    """
     windows, targets = [], []
     ignored_context = 0
     total = 0
@@ -176,7 +214,10 @@ def blackbox_test(outputs: Sequence[Sequence[int]], scheme: Scheme,
         total += len(ids)
         ignored_context += len(ids) - len(t)
     exclude = prompt_fingerprints(prompts, scheme) if len(prompts) else None
-    pairs, repeated, excluded = _pairs_from(windows, targets, scheme, exclude)
+    if contexts is not None:
+        contexts = np.asarray(contexts, np.uint64)
+    pairs, repeated, excluded, outside = _pairs_from(windows, targets, scheme, exclude,
+                                                     contexts)
     per_key = []
     for c in candidates:
         s, n = _score(scheme, c.partition, pairs)
@@ -192,7 +233,7 @@ def blackbox_test(outputs: Sequence[Sequence[int]], scheme: Scheme,
             null_z.append(z)
     counts = dict(tokens_total=total, tokens_scored=pairs.tokens_scored,
                   tokens_ignored_repeated=repeated, tokens_ignored_prompt=excluded,
-                  tokens_ignored_context=ignored_context)
+                  tokens_ignored_context=ignored_context, tokens_ignored_filter=outside)
     notes = [
         "Black-box test: the suspect's outputs are tokenised with our tokenizer; every "
         f"(previous {scheme.context_width} tokens, token) tuple is scored once across all "
@@ -201,6 +242,11 @@ def blackbox_test(outputs: Sequence[Sequence[int]], scheme: Scheme,
         f"score has the {scheme.name} scheme's exact null distribution; the p-value is "
         "its exact upper tail, Sidak-corrected for the number of keys and cohorts tried.",
     ]
+    if contexts is not None:
+        notes.append(
+            f"Filter (Sander et al. 2024): only tuples whose context occurs in "
+            f"{len(contexts)} distinct contexts of the watermarked texts the suspect may "
+            f"have trained on were scored ({outside} tuples outside them were not).")
     return _finish("blackbox", scheme, per_key, null_z, counts, len(outputs), notes)
 
 
@@ -260,7 +306,7 @@ def reading_test(texts: Sequence[Sequence[int]], predictions: Sequence[Sequence[
     per_key: list[KeyResult] = []
     null_z: list[float] = []
     if reference is None:
-        pairs, repeated, _ = _pairs_from([windows], [targets], scheme, None)
+        pairs, repeated, _, _ = _pairs_from([windows], [targets], scheme, None)
         for c in candidates:
             s, n = _score(scheme, c.partition, pairs)
             p = float(scheme.p_values(np.array([s]), np.array([n]))[0])

@@ -183,6 +183,7 @@ def render_html(record: dict[str, Any], tests: list[TestResult]) -> str:
                 ("tokens_scored", test.tokens_scored),
                 ("tokens_ignored_repeated", test.tokens_ignored_repeated),
                 ("tokens_ignored_prompt", test.tokens_ignored_prompt),
+                ("tokens_ignored_filter", test.tokens_ignored_filter),
                 ("keys_tried", test.keys_tried),
             ]),
             "</table>",
