@@ -51,8 +51,9 @@ from distillguard.forensics.radioactivity import (
     blackbox_test,
     context_fingerprints,
     reading_test,
+    supervised_test,
 )
-from distillguard.forensics.suspects import WeightsSuspect, prompts_from_store
+from distillguard.forensics.suspects import WeightsSuspect, logged_prompts
 from distillguard.watermark import detector
 from distillguard.watermark.service import WatermarkService
 
@@ -161,7 +162,9 @@ def main(argv=None) -> int:
     for line in harvest_file.read_text().splitlines():
         rec = json.loads(line)
         answers[rec["prompt"]] = rec["response"]
-    logged = prompts_from_store(settings, accounts)  # what the accounts sent, from our logs
+    # What the accounts sent, from our logs, with the key that watermarked each answer.
+    logged_keys = logged_prompts(settings, accounts)
+    logged = list(logged_keys)
     tok = service.tokenizer
 
     def ids(text: str) -> list[int]:
@@ -174,6 +177,7 @@ def main(argv=None) -> int:
     candidates = [detector.Candidate(k.key_id, c, service.partition(k, service.scheme.name, c))
                   for k in service.ring for c in range(k.cohorts)]
     scheme = service.scheme
+    by_key = {(c.key_id, c.cohort): c for c in candidates}
 
     # Sanity row: the harvested answers themselves.
     teacher_texts = [ids(answers[e.prompt]) for e in train_ex if e.prompt in answers]
@@ -215,6 +219,11 @@ def main(argv=None) -> int:
                            prompts=[ids(p) for p in query], null_keys=20)
         bbf = blackbox_test(out_ids, scheme, candidates, prompts=[ids(p) for p in query],
                             null_keys=20, contexts=context_fingerprints(texts, scheme))
+        # Supervised: each answer under the key our logs name for its prompt.
+        assigned = [by_key[(logged_keys[p]["key_id"], int(logged_keys[p]["cohort"]))]
+                    for p in query for _ in range(samples)]
+        sup = supervised_test(out_ids, assigned, scheme, prompts=[ids(p) for p in query],
+                              null_keys=20, contexts=context_fingerprints(texts, scheme))
         missing = [t for t in texts if tuple(t) not in ref_cache]
         for t, pred in zip(missing, reference.predictions(missing)):
             ref_cache[tuple(t)] = pred
@@ -234,6 +243,7 @@ def main(argv=None) -> int:
             "bb_cohort": bb.cohort, "bbf_tokens_scored": bbf.tokens_scored,
             "bbf_green_fraction": min(bbf.per_key, key=lambda x: x.p_value).hit_rate,
             "bbf_p_value": bbf.p_value, "bbf_cohort": bbf.cohort,
+            "sup_tokens_scored": sup.tokens_scored, "sup_p_value": sup.p_value,
             "read_tokens_scored": rd.tokens_scored,
             "read_p_value": rd.p_value, "train_s": round(t_train), "test_s": round(t_test)})
         log(f"rho={rho:g}: {json.dumps(rows[-1])}")
@@ -256,8 +266,9 @@ def main(argv=None) -> int:
     print("| rho | wm pairs | train loss first -> after | held-out loss before -> after | "
           "query prompts | black-box tuples | green fraction | black-box p | "
           "filtered tuples | filtered green | filtered p | cohort (filtered) | "
+          "supervised tuples | supervised p | "
           "reading tuples | reading p (vs base) | train s | test s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['rho']:.0%} | {r['wm_pairs']} | {r['train_loss_first']:.3f} -> "
               f"{r['train_loss_after']:.3f} | {r['heldout_loss_before']:.3f} -> "
@@ -265,7 +276,8 @@ def main(argv=None) -> int:
               f"{r['bb_tokens_scored']} | {r['bb_green_fraction']:.3f} | "
               f"{r['bb_p_value']:.1e} | {r['bbf_tokens_scored']} | "
               f"{r['bbf_green_fraction']:.3f} | {r['bbf_p_value']:.1e} | "
-              f"{r['bbf_cohort']} | {r['read_tokens_scored']} | "
+              f"{r['bbf_cohort']} | {r['sup_tokens_scored']} | {r['sup_p_value']:.1e} | "
+              f"{r['read_tokens_scored']} | "
               f"{r['read_p_value']:.1e} | {r['train_s']} | {r['test_s']} |")
     print(f"# harvest {t_harvest:.0f} s ({summary.completion_tokens} tokens), total "
           f"{total / 60:.1f} min")

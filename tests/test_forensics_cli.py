@@ -199,3 +199,32 @@ def test_endpoint_suspect_that_echoes_prompts_scores_nothing_from_them(
     assert "--api-key-env SUSPECT_KEY" in record["command"]
     raw = (out / "evidence.json").read_text() + (out / "report.html").read_text()
     assert key not in raw
+
+
+def test_logged_prompts_of_harvesting_accounts_get_the_supervised_test(service, tmp_path,
+                                                                        tiny):
+    from distillguard.telemetry.events import RequestEvent
+    from distillguard.telemetry.store import open_store
+
+    data = tmp_path / "data"
+    store = open_store(Settings.load(env={}, data_dir=str(data)))
+    _, record = service.sampler_for("harvester-7")
+    store.write_events([
+        RequestEvent(ts=1000.0 + i, request_id=f"r{i}", endpoint="/v1/chat/completions",
+                     status=200, latency_ms=5.0, account="harvester-7",
+                     prompt=f"user: Explain topic number {i} in detail.", watermark=record)
+        for i in range(3)])
+    store.close()
+    out = tmp_path / "r"
+    code = run(["forensics", "weights", str(tiny), "--accounts", "harvester-7",
+                "--max-tokens", "12", "--null-keys", "3", "--out", str(out)], data)
+    assert code == 0
+    evidence = json.loads((out / "evidence.json").read_text())
+    tests = {t["test"]: t for t in evidence["tests"]}
+    assert set(tests) == {"blackbox", "supervised"}
+    supervised = tests["supervised"]
+    assert supervised["keys_tried"] == 1
+    assert [k["cohort"] for k in supervised["per_key"]] == [record["cohort"]]
+    assert evidence["p_value_correction"] == "Bonferroni over 2 tests"
+    # A random tiny model never saw our outputs: no evidence.
+    assert evidence["verdict"] == "no evidence at this alpha"

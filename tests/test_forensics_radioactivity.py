@@ -220,3 +220,27 @@ def test_attribution_names_the_accounts_of_the_flagged_cohort(ours):
     assert "acct-7" in found.candidate_accounts
     assert len(found.candidate_accounts) < len(accounts)
     assert found.rotations_needed == rotations_needed(len(found.candidate_accounts), 4)
+
+
+def test_supervised_test_pools_two_cohorts_and_stays_calibrated(ours):
+    """A student tilted towards two cohorts' keys, half its answers each: scoring each
+    answer under the key our logs name beats searching the keys one at a time."""
+    from distillguard.forensics.radioactivity import supervised_test
+
+    half_a = BigramModel(3, ours[1].partition, tilt=0.35, scheme=SCHEME).sample(12, 50, 1)
+    half_b = BigramModel(3, ours[3].partition, tilt=0.35, scheme=SCHEME).sample(12, 50, 2)
+    outputs = half_a + half_b
+    assigned = [ours[1]] * 12 + [ours[3]] * 12
+    pooled = supervised_test(outputs, assigned, SCHEME, null_keys=10)
+    searched = blackbox_test(outputs, SCHEME, ours, null_keys=10)
+    assert pooled.test == "supervised" and pooled.keys_tried == 1
+    assert {k.cohort for k in pooled.per_key} == {1, 3}
+    assert pooled.p_value < searched.p_value
+    # No false accusation: clean outputs under assigned keys give uniform p-values.
+    clean = BigramModel(9)
+    ps = [supervised_test(clean.sample(6, 40, seed=s),
+                          [Candidate("wk1", c % 4, key(f"null-{s}-{c % 4}")) for c in range(6)],
+                          SCHEME, null_keys=0).p_value for s in range(60)]
+    assert stats.kstest(ps, "uniform").pvalue > 0.01
+    with pytest.raises(ValueError):
+        supervised_test(outputs, assigned[:3], SCHEME)

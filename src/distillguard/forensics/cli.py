@@ -128,21 +128,24 @@ def add_commands(subparsers: Any) -> None:
     corpus.set_defaults(func=lambda a: _run(a, "corpus", rec_c))
 
 
-def _prompts(args: argparse.Namespace) -> list[str]:
+def _prompts(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """The prompts to ask, and the watermark record of each logged one (by prompt)."""
     from distillguard.distill.prompts import load_prompts, read_prompt_file
-    from distillguard.forensics.suspects import prompts_from_store
+    from distillguard.forensics.suspects import logged_prompts
 
     prompts: list[str] = []
+    logged: dict[str, Any] = {}
     if args.accounts:
         names = [a.strip() for a in args.accounts.split(",") if a.strip()]
-        prompts += prompts_from_store(args.settings, names)
+        logged = logged_prompts(args.settings, names)
+        prompts += list(logged)
         if not prompts:
             raise ValueError(f"no watermarked requests of {', '.join(names)} in the store")
     if args.prompts:
         prompts += read_prompt_file(Path(args.prompts))
     if args.sharegpt:
         prompts += load_prompts("sharegpt", args.sharegpt)
-    return list(dict.fromkeys(prompts))
+    return list(dict.fromkeys(prompts)), logged
 
 
 def _run(args: argparse.Namespace, kind: str, rec: _Recorder) -> int:
@@ -188,7 +191,7 @@ def _investigate(args: argparse.Namespace, kind: str, rec: _Recorder) -> int:
             [service.tokenize(t) for t in texts], scheme, candidates,
             null_keys=args.null_keys))
     else:
-        prompts = _prompts(args)
+        prompts, logged = _prompts(args)
         if kind == "endpoint":
             api_key = os.environ.get(args.api_key_env, "")
             suspect = suspects.EndpointSuspect(args.base_url, api_key, args.model,
@@ -233,6 +236,21 @@ def _investigate(args: argparse.Namespace, kind: str, rec: _Recorder) -> int:
                 [service.tokenize(o) for o in outputs], scheme, candidates,
                 prompts=[service.tokenize(p) for p in prompts], null_keys=args.null_keys,
                 contexts=contexts))
+            # Supervised: each answer to a logged prompt under the key that watermarked
+            # our answers to it.
+            by_key = {(c.key_id, c.cohort): c for c in candidates}
+            rows = [(o, by_key.get((rec["key_id"], int(rec["cohort"]))), p)
+                    for i, o in enumerate(outputs)
+                    for p in [prompts[i // args.samples]]
+                    for rec in [logged.get(p)]
+                    if rec and rec.get("scheme") == scheme.name]
+            rows = [r for r in rows if r[1] is not None]
+            if rows:
+                tests.append(radioactivity.supervised_test(
+                    [service.tokenize(o) for o, _, _ in rows], [c for _, c, _ in rows],
+                    scheme, prompts=[service.tokenize(p) for p in dict.fromkeys(
+                        p for _, _, p in rows)], null_keys=args.null_keys,
+                    contexts=contexts))
             suspect_info["prompts"] = len(prompts)
         if not tests:
             raise ValueError("nothing to test: give prompts (--accounts, --prompts or "

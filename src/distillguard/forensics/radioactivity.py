@@ -250,6 +250,90 @@ def blackbox_test(outputs: Sequence[Sequence[int]], scheme: Scheme,
     return _finish("blackbox", scheme, per_key, null_z, counts, len(outputs), notes)
 
 
+def supervised_test(outputs: Sequence[Sequence[int]], assigned: Sequence[Candidate],
+                    scheme: Scheme, *, prompts: Sequence[Sequence[int]] = (),
+                    null_keys: int = 100, contexts: np.ndarray | None = None) -> TestResult:
+    """Black-box, supervised: score each output under the key that watermarked the
+    answers to its prompt, as our logs record it (``assigned[i]`` for ``outputs[i]``).
+
+    The keys are fixed by the logs before the suspect is queried, so nothing is searched
+    and nothing needs correcting; each output adds its evidence to one pooled statistic
+    instead of being split across the cohort keys of several harvesting accounts.
+    Tuples are deduplicated within each key (the same tuple under two keys is two
+    independent draws under the null), prompt tuples are excluded, and ``contexts``
+    filters as in ``blackbox_test``. Under the null the pooled score has the scheme's
+    exact null distribution: one exact p-value.
+    """
+    if len(assigned) != len(outputs):
+        raise ValueError("supervised_test needs one assigned key per output")
+    exclude = prompt_fingerprints(prompts, scheme) if len(prompts) else None
+    if contexts is not None:
+        contexts = np.asarray(contexts, np.uint64)
+    by_key: dict[tuple[str, int], list[int]] = {}
+    for i, cand in enumerate(assigned):
+        by_key.setdefault((cand.key_id, cand.cohort), []).append(i)
+    per_key, groups = [], []
+    counts = dict(tokens_total=0, tokens_scored=0, tokens_ignored_repeated=0,
+                  tokens_ignored_prompt=0, tokens_ignored_context=0, tokens_ignored_filter=0)
+    total_s, total_n = 0.0, 0
+    for (key_id, cohort), idx in by_key.items():
+        windows, targets = [], []
+        for i in idx:
+            ids = np.asarray(outputs[i], np.int64)
+            w, t = context_windows(ids, scheme.context_width)
+            windows.append(w)
+            targets.append(t)
+            counts["tokens_total"] += len(ids)
+            counts["tokens_ignored_context"] += len(ids) - len(t)
+        pairs, repeated, excluded, outside = _pairs_from(windows, targets, scheme, exclude,
+                                                         contexts)
+        counts["tokens_scored"] += pairs.tokens_scored
+        counts["tokens_ignored_repeated"] += repeated
+        counts["tokens_ignored_prompt"] += excluded
+        counts["tokens_ignored_filter"] += outside
+        part = assigned[idx[0]].partition
+        s, n = _score(scheme, part, pairs)
+        total_s += s
+        total_n += n
+        groups.append(pairs)
+        hits = int(round(s)) if scheme.name == "greenlist" else None
+        per_key.append(KeyResult(key_id, cohort,
+                                 float(scheme.p_values(np.array([s]), np.array([n]))[0]),
+                                 _z(scheme, s, n), n, hits,
+                                 (s / n if n and hits is not None else None)))
+    null_z = []
+    for part in null_partitions(null_keys):
+        s = n = 0
+        for pairs in groups:
+            gs, gn = _score(scheme, part, pairs)
+            s += gs
+            n += gn
+        z = _z(scheme, s, n)
+        if z is not None:
+            null_z.append(z)
+    p = float(scheme.p_values(np.array([total_s]), np.array([total_n]))[0])
+    main = max(per_key, key=lambda k: k.tokens_scored) if per_key else None
+    notes = [
+        "Supervised black-box test: the suspect was asked the prompts our logs show the "
+        "harvesting accounts sent, and each answer is scored under the key (key id and "
+        "cohort) that watermarked our answers to that prompt. The keys come from the logs, "
+        "not from a search, so the p-value needs no correction.",
+        f"Every (previous {scheme.context_width} tokens, token) tuple is scored once per "
+        "key; tuples that occur in the prompts are not scored. Under the null the pooled "
+        f"score has the {scheme.name} scheme's exact null distribution.",
+    ]
+    if contexts is not None:
+        notes.append(f"Filter (Sander et al. 2024): only tuples whose context occurs in "
+                     f"{len(contexts)} distinct contexts of our watermarked texts were scored.")
+    if main is None:
+        raise ValueError("no output to test")
+    return TestResult(
+        test="supervised", scheme=scheme.name, params=scheme.params, p_value=p,
+        p_value_best_key=p, key_id=main.key_id if total_n else None,
+        cohort=main.cohort if total_n else None, keys_tried=1, per_key=per_key,
+        null_z_scores=null_z, documents=len(outputs), notes=notes, **counts)
+
+
 def _hits(scheme: Scheme, partition: KeyedPartition, windows: np.ndarray,
           targets: np.ndarray) -> np.ndarray:
     """Boolean: the token's keyed score is above the null median (green for greenlist)."""

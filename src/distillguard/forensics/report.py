@@ -29,6 +29,9 @@ def build_record(*, command: str, suspect: dict[str, Any], tests: list[TestResul
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON evidence record (see the module docstring)."""
     best = min(tests, key=lambda t: t.p_value) if tests else None
+    # Several tests on one suspect: the verdict's p-value is the best one, Bonferroni-
+    # corrected for how many were run, so running more tests never manufactures evidence.
+    p_value = min(1.0, best.p_value * len(tests)) if best is not None else None
     return {
         "version": RECORD_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -36,9 +39,10 @@ def build_record(*, command: str, suspect: dict[str, Any], tests: list[TestResul
         "command": command,
         "suspect": suspect,
         "alpha": alpha,
-        "verdict": ("learned from our outputs" if best is not None and best.p_value < alpha
+        "verdict": ("learned from our outputs" if p_value is not None and p_value < alpha
                     else "no evidence at this alpha"),
-        "p_value": best.p_value if best is not None else None,
+        "p_value": p_value,
+        "p_value_correction": f"Bonferroni over {len(tests)} tests" if tests else None,
         "key_ids": sorted({k.key_id for t in tests for k in t.per_key}),
         "cohorts_tried": sorted({k.cohort for t in tests for k in t.per_key}),
         "tests": [_test_dict(t) for t in tests],

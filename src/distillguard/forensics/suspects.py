@@ -39,9 +39,10 @@ def user_turns(prompt_text: str) -> list[str]:
     return turns
 
 
-def prompts_from_store(settings: Any, accounts: Sequence[str], *,
-                       watermarked_only: bool = True) -> list[str]:
-    """Distinct last user turns of the accounts' successful requests, oldest first.
+def logged_prompts(settings: Any, accounts: Sequence[str], *,
+                   watermarked_only: bool = True) -> dict[str, dict[str, Any] | None]:
+    """Distinct last user turns of the accounts' successful requests, oldest first, each
+    with the watermark record (scheme, key id, cohort, parameters) of its first answer.
 
     These are the prompts whose answers the accounts harvested; querying a suspect with
     them is the "supervised" setting of Sander et al., the most powerful black-box test.
@@ -49,7 +50,7 @@ def prompts_from_store(settings: Any, accounts: Sequence[str], *,
     from distillguard.telemetry.store import open_store
 
     store = open_store(settings)
-    seen: dict[str, None] = {}
+    seen: dict[str, dict[str, Any] | None] = {}
     try:
         for account in accounts:
             for event in store.iter_events(account=account):
@@ -59,10 +60,16 @@ def prompts_from_store(settings: Any, accounts: Sequence[str], *,
                     continue
                 turns = user_turns(event.prompt)
                 if turns:
-                    seen.setdefault(turns[-1], None)
+                    seen.setdefault(turns[-1], event.watermark)
     finally:
         store.close()
-    return list(seen)
+    return seen
+
+
+def prompts_from_store(settings: Any, accounts: Sequence[str], *,
+                       watermarked_only: bool = True) -> list[str]:
+    """The prompts of ``logged_prompts``, without their watermark records."""
+    return list(logged_prompts(settings, accounts, watermarked_only=watermarked_only))
 
 
 def read_texts(paths: Iterable[str | Path], *, field: str | None = None) -> list[str]:
