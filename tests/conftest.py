@@ -4,7 +4,9 @@ the official openai SDK pointed at it in-process, and a real uvicorn server for 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,28 @@ from distillguard.gateway.app import build_app
 from distillguard.testing.server import free_port, serve_in_thread  # noqa: F401
 
 ADMIN_TOKEN = "test-admin-token"
+PG_BASE_DSN = os.environ.get(
+    "TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
+)
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """A PostgreSQL DSN whose search_path is a fresh schema, dropped after the test."""
+    psycopg = pytest.importorskip("psycopg")
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        admin = psycopg.connect(PG_BASE_DSN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_BASE_DSN!r}: {exc}")
+    schema = f"dg_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield make_conninfo(PG_BASE_DSN, options=f"-c search_path={schema}")
+    finally:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()
 
 
 @pytest.fixture

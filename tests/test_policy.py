@@ -3,8 +3,6 @@ reasoning traces are stripped for degraded accounts. Same tests for SQLite and P
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -15,27 +13,6 @@ from distillguard.policy.engine import PolicyEngine
 from distillguard.policy.rules import DEFAULT_RULES, load_rules
 from distillguard.policy.store import open_action_store
 from test_detection import harvester, population, run
-
-PG_BASE_DSN = os.environ.get(
-    "TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3")
-
-
-@pytest.fixture
-def pg_dsn() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    from psycopg.conninfo import make_conninfo
-
-    try:
-        admin = psycopg.connect(PG_BASE_DSN, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_BASE_DSN!r}: {exc}")
-    schema = f"dg_policy_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield make_conninfo(PG_BASE_DSN, options=f"-c search_path={schema}")
-    finally:
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

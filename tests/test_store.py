@@ -6,10 +6,8 @@ each PostgreSQL test gets a schema of its own, dropped afterwards).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -21,31 +19,8 @@ from distillguard.telemetry.keys import KEY_PREFIX
 from distillguard.telemetry.store import VERSION_UNKNOWN, Store, open_store, store_names
 from distillguard.telemetry.writer import EventWriter
 
+
 # Not DISTILLGUARD_*: Settings.load rejects variables of that prefix that name no setting.
-PG_BASE_DSN = os.environ.get(
-    "TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
-)
-
-
-@pytest.fixture
-def pg_dsn() -> Iterator[str]:
-    """A DSN whose search_path is a fresh schema, dropped after the test."""
-    psycopg = pytest.importorskip("psycopg")
-    from psycopg.conninfo import make_conninfo
-
-    try:
-        admin = psycopg.connect(PG_BASE_DSN, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_BASE_DSN!r}: {exc}")
-    schema = f"dg_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield make_conninfo(PG_BASE_DSN, options=f"-c search_path={schema}")
-    finally:
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
     dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else ""

@@ -33,6 +33,7 @@ from distillguard.telemetry.rows import (
     dump_json,
     event_to_row,
     row_to_event,
+    select_events,
 )
 from distillguard.telemetry.store import VERSION_UNKNOWN
 
@@ -267,21 +268,7 @@ class PostgresStore:
         until: float | None = None,
         account: str | None = None,
     ) -> Iterator[RequestEvent]:
-        where: list[str] = []
-        args: list[float | str] = []
-        if since is not None:
-            where.append("ts >= %s")
-            args.append(since)
-        if until is not None:
-            where.append("ts < %s")
-            args.append(until)
-        if account is not None:
-            where.append("account = %s")
-            args.append(account)
-        query = f"SELECT {', '.join(EVENT_COLUMNS)} FROM request_events"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY ts, id"
+        query, args = select_events("%s", since=since, until=until, account=account)
         # Own connection and a server-side cursor: rows stream in chunks, and a slow
         # consumer holds no lock that the gateway needs.
         with psycopg.connect(self._dsn) as conn, conn.cursor(name="distillguard_events") as cur:

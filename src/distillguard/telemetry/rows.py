@@ -91,3 +91,23 @@ def row_to_event(row: Sequence[Any]) -> RequestEvent:
     values["params"] = values["params"] or {}
     values["stream"] = bool(values["stream"])
     return RequestEvent(**values)
+
+
+def select_events(placeholder: str, *, since: float | None, until: float | None,
+                  account: str | None) -> tuple[str, list[float | str]]:
+    """The SELECT of ``Store.iter_events`` and its arguments, in arrival order.
+
+    ``placeholder`` is the driver's parameter marker (``?`` for sqlite3, ``%s`` for
+    psycopg); the filters are the same for every store.
+    """
+    where: list[str] = []
+    args: list[float | str] = []
+    for column, op, value in (("ts", ">=", since), ("ts", "<", until),
+                              ("account", "=", account)):
+        if value is not None:
+            where.append(f"{column} {op} {placeholder}")
+            args.append(value)
+    query = f"SELECT {', '.join(EVENT_COLUMNS)} FROM request_events"
+    if where:
+        query += " WHERE " + " AND ".join(where)
+    return query + " ORDER BY ts, id", args

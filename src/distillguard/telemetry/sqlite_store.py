@@ -32,7 +32,7 @@ from distillguard.telemetry.keys import (
     generate_key,
     hash_key,
 )
-from distillguard.telemetry.rows import EVENT_COLUMNS, event_to_row, row_to_event
+from distillguard.telemetry.rows import EVENT_COLUMNS, event_to_row, row_to_event, select_events
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
@@ -252,21 +252,7 @@ class SQLiteStore:
         until: float | None = None,
         account: str | None = None,
     ) -> Iterator[RequestEvent]:
-        where: list[str] = []
-        args: list[float | str] = []
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("ts < ?")
-            args.append(until)
-        if account is not None:
-            where.append("account = ?")
-            args.append(account)
-        query = f"SELECT {', '.join(EVENT_COLUMNS)} FROM request_events"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY ts, id"
+        query, args = select_events("?", since=since, until=until, account=account)
         # A connection of its own: a slow consumer (an export) must not hold the lock
         # that other readers need, and WAL gives it a consistent snapshot meanwhile.
         # check_same_thread=False: the consumer may resume the generator from any thread.
