@@ -67,7 +67,10 @@ async def test_plain_text_is_not_flagged(harness_factory, tiny_model):
 
 @pytest.mark.slow
 async def test_embedded_model_answers_through_the_sdk(harness_factory):
-    harness = await harness_factory(backend="local", model_name="smollm2-135m-instruct")
+    # Unwatermarked, so that greedy decoding is the model's own argmax: with a watermark,
+    # the greedy answer depends on the (random, per test) key.
+    harness = await harness_factory(backend="local", model_name="smollm2-135m-instruct",
+                                    watermark_scheme="none")
     client = harness.sdk()
     reply = await client.chat.completions.create(
         model="smollm2-135m-instruct", max_tokens=24, temperature=0,

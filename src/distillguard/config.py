@@ -146,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
             "exponential race, Aaronson) or `none`. No request field can change it."),
     Setting("watermark_gamma", float, 0.25, "Green-list share of the vocabulary "
             "(greenlist)."),
-    Setting("watermark_delta", float, 3.0, "Logit bias added to green tokens "
+    Setting("watermark_delta", float, 2.0, "Logit bias added to green tokens "
             "(greenlist); the policy's degrade action multiplies it."),
     Setting("watermark_context_width", int, 1, "Tokens before each position that seed "
             "its keyed partition (0..16), for greenlist."),
