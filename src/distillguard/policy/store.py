@@ -16,6 +16,7 @@ import dataclasses
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -87,7 +88,41 @@ def _action(row: Any) -> Action:
     return Action(*row)
 
 
-class SQLiteActionStore:
+class _Reads:
+    """The read queries of both stores: the same SQL but for the parameter marker."""
+
+    _marker = "?"
+    _lock: threading.Lock
+
+    _reader: Callable[[], Any]  # each store's connection for reads
+
+    def _fetch(self, sql: str, args: tuple[Any, ...], *, one: bool = False) -> Any:
+        with self._lock:
+            cursor = self._reader().execute(sql.replace("?", self._marker), args)
+            return cursor.fetchone() if one else cursor.fetchall()
+
+    def get(self, account: str) -> Action | None:
+        row = self._fetch(f"SELECT {_ACTION_COLUMNS} FROM policy_actions WHERE account = ?",
+                          (account,), one=True)
+        return _action(row) if row else None
+
+    def actions(self) -> list[Action]:
+        rows = self._fetch(f"SELECT {_ACTION_COLUMNS} FROM policy_actions "
+                           "ORDER BY created_at", ())
+        return [_action(r) for r in rows]
+
+    def audit(self, *, account: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        sql = ("SELECT id, ts, account, op, kind, reason, author, expires_at, rate_factor "
+               "FROM policy_audit")
+        args: tuple[Any, ...] = ()
+        if account is not None:
+            sql += " WHERE account = ?"
+            args = (account,)
+        rows = self._fetch(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [AuditEntry(*r) for r in rows]
+
+
+class SQLiteActionStore(_Reads):
     """Actions in ``policy.db`` under the data folder (WAL, synchronous=FULL)."""
 
     name = "sqlite"
@@ -164,28 +199,8 @@ class SQLiteActionStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def get(self, account: str) -> Action | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_ACTION_COLUMNS} FROM policy_actions "
-                                   "WHERE account = ?", (account,)).fetchone()
-        return _action(row) if row else None
-
-    def actions(self) -> list[Action]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_ACTION_COLUMNS} FROM policy_actions "
-                                    "ORDER BY created_at").fetchall()
-        return [_action(r) for r in rows]
-
-    def audit(self, *, account: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        sql = ("SELECT id, ts, account, op, kind, reason, author, expires_at, rate_factor "
-               "FROM policy_audit")
-        args: tuple[Any, ...] = ()
-        if account is not None:
-            sql += " WHERE account = ?"
-            args = (account,)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-        return [AuditEntry(*r) for r in rows]
+    def _reader(self) -> Any:
+        return self._db
 
     def version(self) -> int:
         with self._version_lock:
@@ -196,8 +211,10 @@ class SQLiteActionStore:
         self._version.close()
 
 
-class PostgresActionStore:
+class PostgresActionStore(_Reads):
     """Actions in PostgreSQL, for several gateway processes or machines."""
+
+    _marker = "%s"
 
     name = "postgres"
 
@@ -257,29 +274,8 @@ class PostgresActionStore:
                 (time.time(), account, lifted.kind, reason, author))
             return lifted
 
-    def get(self, account: str) -> Action | None:
-        with self._lock:
-            row = self._conn.execute(f"SELECT {_ACTION_COLUMNS} FROM policy_actions "
-                                     "WHERE account = %s", (account,)).fetchone()
-        return _action(row) if row else None
-
-    def actions(self) -> list[Action]:
-        with self._lock:
-            rows = self._conn.execute(f"SELECT {_ACTION_COLUMNS} FROM policy_actions "
-                                      "ORDER BY created_at").fetchall()
-        return [_action(r) for r in rows]
-
-    def audit(self, *, account: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        sql = ("SELECT id, ts, account, op, kind, reason, author, expires_at, rate_factor "
-               "FROM policy_audit")
-        args: tuple[Any, ...] = ()
-        if account is not None:
-            sql += " WHERE account = %s"
-            args = (account,)
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY id DESC LIMIT %s",
-                                      (*args, limit)).fetchall()
-        return [AuditEntry(*r) for r in rows]
+    def _reader(self) -> Any:
+        return self._conn
 
     def version(self) -> int:
         return VERSION_UNKNOWN
