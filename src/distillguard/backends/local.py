@@ -232,13 +232,7 @@ class LocalBackend:
                     if first is _STOP:
                         break
                     pending.append(first)
-                while True:
-                    try:
-                        item = self._inbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not _STOP:
-                        pending.append(item)
+                self._drain_inbox(pending)
                 if self._stopping:
                     break
                 batcher.drop_closed()
@@ -261,16 +255,20 @@ class LocalBackend:
             error = BackendError("the local backend is shutting down", status=503,
                                  code="backend_unavailable")
             batcher.fail_all(error)
-            while True:
-                try:
-                    item = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not _STOP:
-                    pending.append(item)
+            self._drain_inbox(pending)
             for job in pending:
                 if not job.closed:
                     job.fail(error)
+
+    def _drain_inbox(self, pending: deque[_Job]) -> None:
+        """Move every request already waiting in the inbox to ``pending``, without blocking."""
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                pending.append(item)
 
     @staticmethod
     def _take(pending: deque[_Job], batcher: Batcher) -> list[_Job]:

@@ -74,11 +74,7 @@ class ErrorsAndEvents:
             user_agent=_header(scope, b"user-agent"),
         )
         if self.gateway.simulation:
-            sim_time = _header(scope, SIM_TIME_HEADER)
-            try:
-                ctx.ts = self.gateway.clock.advance(float(sim_time)) if sim_time else ctx.ts
-            except ValueError:
-                pass  # not a number: the request keeps its wall-clock arrival time
+            ctx.ts = self.gateway.clock.arrival(_header(scope, SIM_TIME_HEADER), ctx.ts)
         scope.setdefault("state", {})["dg"] = ctx
         started = False
 

@@ -29,8 +29,16 @@ class SimClock:
     def __init__(self) -> None:
         self.now: float | None = None
 
+    def arrival(self, header: str | None, default: float) -> float:
+        """A request's simulated arrival time from its header (``default`` when the
+        header is missing or not a number); the clock moves forward to it."""
+        try:
+            return self.advance(float(header)) if header else default
+        except ValueError:
+            return default
+
     def advance(self, ts: float) -> float:
-        """Note a request's simulated arrival time; returns it."""
+        """Move the clock forward to ``ts`` (never back); returns ``ts``."""
         if self.now is None or ts > self.now:
             self.now = ts
         return ts

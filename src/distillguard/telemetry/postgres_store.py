@@ -30,6 +30,7 @@ from distillguard.telemetry.keys import (
 from distillguard.telemetry.rows import (
     EVENT_COLUMNS,
     JSON_COLUMNS,
+    KEY_COLUMNS,
     dump_json,
     event_to_row,
     row_to_event,
@@ -86,7 +87,6 @@ CREATE INDEX IF NOT EXISTS request_events_ts ON request_events(ts);
 CREATE INDEX IF NOT EXISTS request_events_account_ts ON request_events(account, ts);
 """
 
-_KEY_COLUMNS = "key_id, account, prefix, created_at, revoked_at, name"
 _INSERT_EVENT = (
     f"INSERT INTO request_events ({', '.join(EVENT_COLUMNS)}) VALUES ("
     + ", ".join("%s::jsonb" if c in JSON_COLUMNS else "%s" for c in EVENT_COLUMNS)
@@ -121,9 +121,6 @@ def _pg_row(event: RequestEvent) -> list[Any]:
             row[i] = dump_json(_strip_nul(source))
     return row
 
-
-def _key_record(row: tuple[Any, ...]) -> KeyRecord:
-    return KeyRecord(*row)
 
 
 class _Link:
@@ -217,21 +214,21 @@ class PostgresStore:
         return record, new.plaintext
 
     def list_keys(self, account: str | None = None) -> list[KeyRecord]:
-        query = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        query = f"SELECT {KEY_COLUMNS} FROM api_keys"
         args: tuple[Any, ...] = ()
         if account is not None:
             query += " WHERE account = %s"
             args = (account,)
         with self._control() as conn:
             rows = conn.execute(query + " ORDER BY created_at, key_id", args).fetchall()
-        return [_key_record(row) for row in rows]
+        return [KeyRecord(*row) for row in rows]
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         with self._control() as conn:
             row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = %s", (key_id,)
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = %s", (key_id,)
             ).fetchone()
-        return _key_record(row) if row else None
+        return KeyRecord(*row) if row else None
 
     def revoke_key(self, key_id: str) -> bool:
         with self._control() as conn:
@@ -244,10 +241,10 @@ class PostgresStore:
     def lookup_key(self, plaintext: str) -> KeyRecord | None:
         with self._control() as conn:
             row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = %s",
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = %s",
                 (hash_key(plaintext),),
             ).fetchone()
-        return _key_record(row) if row else None
+        return KeyRecord(*row) if row else None
 
     def keys_version(self) -> int:
         return VERSION_UNKNOWN

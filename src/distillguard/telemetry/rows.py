@@ -33,6 +33,8 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "watermark",
 )
 JSON_COLUMNS = frozenset({"params", "watermark"})
+# api_keys columns in the order of ``KeyRecord``'s fields: ``KeyRecord(*row)``.
+KEY_COLUMNS = "key_id, account, prefix, created_at, revoked_at, name"
 _PARAMS_AT = EVENT_COLUMNS.index("params")
 _WATERMARK_AT = EVENT_COLUMNS.index("watermark")
 _STREAM_AT = EVENT_COLUMNS.index("stream")

@@ -32,7 +32,13 @@ from distillguard.telemetry.keys import (
     generate_key,
     hash_key,
 )
-from distillguard.telemetry.rows import EVENT_COLUMNS, event_to_row, row_to_event, select_events
+from distillguard.telemetry.rows import (
+    EVENT_COLUMNS,
+    KEY_COLUMNS,
+    event_to_row,
+    row_to_event,
+    select_events,
+)
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
@@ -87,15 +93,11 @@ CREATE INDEX IF NOT EXISTS request_events_ts ON request_events(ts);
 CREATE INDEX IF NOT EXISTS request_events_account_ts ON request_events(account, ts);
 """
 
-_KEY_COLUMNS = "key_id, account, prefix, created_at, revoked_at, name"
 _INSERT_EVENT = (
     f"INSERT INTO request_events ({', '.join(EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS)}) ON CONFLICT(request_id) DO NOTHING"
 )
 
-
-def _key_record(row: tuple[Any, ...]) -> KeyRecord:
-    return KeyRecord(*row)
 
 
 class SQLiteStore:
@@ -193,21 +195,21 @@ class SQLiteStore:
         return record, new.plaintext
 
     def list_keys(self, account: str | None = None) -> list[KeyRecord]:
-        query = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        query = f"SELECT {KEY_COLUMNS} FROM api_keys"
         args: tuple[Any, ...] = ()
         if account is not None:
             query += " WHERE account = ?"
             args = (account,)
         with self._version_lock:
             rows = self._version_conn.execute(query + " ORDER BY created_at, key_id", args)
-            return [_key_record(row) for row in rows.fetchall()]
+            return [KeyRecord(*row) for row in rows.fetchall()]
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         with self._version_lock:
             row = self._version_conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
             ).fetchone()
-        return _key_record(row) if row else None
+        return KeyRecord(*row) if row else None
 
     def revoke_key(self, key_id: str) -> bool:
         with self._control_lock:
@@ -220,9 +222,9 @@ class SQLiteStore:
     def lookup_key(self, plaintext: str) -> KeyRecord | None:
         with self._version_lock:
             row = self._version_conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (hash_key(plaintext),)
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (hash_key(plaintext),)
             ).fetchone()
-        return _key_record(row) if row else None
+        return KeyRecord(*row) if row else None
 
     def keys_version(self) -> int:
         # data_version reads a counter in the WAL index (shared memory): no disk access,
