@@ -32,14 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -54,36 +51,12 @@ from distillguard.forensics.radioactivity import (
     supervised_test,
 )
 from distillguard.forensics.suspects import WeightsSuspect, logged_prompts
-from distillguard.watermark import detector
+from distillguard.testing.server import serve_in_thread
 from distillguard.watermark.service import WatermarkService
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def serve(app):
-    """Run ``app`` under uvicorn on a free 127.0.0.1 port in a thread; yield its URL."""
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 300
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the teacher gateway did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
 
 
 def parse(argv=None):
@@ -148,7 +121,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     app = build_app(settings, watermark=service)
     harvest_file = work / "harvest.jsonl"
-    with serve(app) as url:
+    with serve_in_thread(app, start_timeout=300) as url:
         store = app.state.gateway.store
         keys = [KeySpec(store.create_key(a)[1], a) for a in accounts]
         log(f"teacher gateway at {url}; harvesting {need} prompts with {len(keys)} keys")
@@ -174,8 +147,7 @@ def main(argv=None) -> int:
         return tok.decode(ids(text)[: args.max_tokens])
 
     heldout = [Pair(e.prompt, answers[e.prompt]) for e in held_ex if e.prompt in answers]
-    candidates = [detector.Candidate(k.key_id, c, service.partition(k, service.scheme.name, c))
-                  for k in service.ring for c in range(k.cohorts)]
+    candidates = service.candidates(service.scheme.name)
     scheme = service.scheme
     by_key = {(c.key_id, c.cohort): c for c in candidates}
 

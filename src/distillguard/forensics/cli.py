@@ -162,7 +162,6 @@ def _run(args: argparse.Namespace, kind: str, rec: _Recorder) -> int:
 def _investigate(args: argparse.Namespace, kind: str, rec: _Recorder) -> int:
     from distillguard.forensics import radioactivity, report, suspects
     from distillguard.forensics.attribution import attribute
-    from distillguard.watermark.detector import Candidate
     from distillguard.watermark.schemes import get_scheme
     from distillguard.watermark.service import WatermarkService, scheme_from_settings
 
@@ -176,8 +175,7 @@ def _investigate(args: argparse.Namespace, kind: str, rec: _Recorder) -> int:
         scheme = service.scheme
     if scheme is None:
         raise ValueError("watermark_scheme is none: pass --scheme greenlist (or another)")
-    candidates = [Candidate(k.key_id, c, service.partition(k, scheme.name, c))
-                  for k in service.ring for c in range(k.cohorts)]
+    candidates = service.candidates(scheme.name)
     tests = []
     progress = sys.stderr
     suspect_info: dict[str, Any]

@@ -177,6 +177,45 @@ def _z(scheme: Scheme, total: float, count: int) -> float | None:
     return None if math.isnan(z) else z
 
 
+def _key_result(scheme: Scheme, key_id: str, cohort: int, s: float, n: int) -> KeyResult:
+    """One key's exact test from its summed score ``s`` over ``n`` scored tuples."""
+    p = float(scheme.p_values(np.array([s]), np.array([n]))[0])
+    hits = int(round(s)) if scheme.name == "greenlist" else None
+    return KeyResult(key_id, cohort, p, _z(scheme, s, n), n, hits,
+                     s / n if n and hits is not None else None)
+
+
+def _null_z(scheme: Scheme, groups: Sequence[ScoredPairs], null_keys: int) -> list[float]:
+    """The pooled statistic over ``groups`` under each of ``null_keys`` random keys."""
+    null_z = []
+    for part in null_partitions(null_keys):
+        s, n = 0.0, 0
+        for pairs in groups:
+            gs, gn = _score(scheme, part, pairs)
+            s += gs
+            n += gn
+        z = _z(scheme, s, n)
+        if z is not None:
+            null_z.append(z)
+    return null_z
+
+
+def _output_windows(outputs: Sequence[Sequence[int]], scheme: Scheme
+                    ) -> tuple[list[np.ndarray], list[np.ndarray], int, int]:
+    """Context windows and targets of each output; its tokens, and those without a
+    full context (``tokens_ignored_context``)."""
+    windows, targets = [], []
+    total = ignored_context = 0
+    for ids in outputs:
+        ids = np.asarray(ids, np.int64)
+        w, t = context_windows(ids, scheme.context_width)
+        windows.append(w)
+        targets.append(t)
+        total += len(ids)
+        ignored_context += len(ids) - len(t)
+    return windows, targets, total, ignored_context
+
+
 def _finish(test: str, scheme: Scheme, per_key: list[KeyResult], null_z: list[float],
             counts: dict[str, int], documents: int, notes: list[str]) -> TestResult:
     if not per_key:
@@ -203,34 +242,15 @@ def blackbox_test(outputs: Sequence[Sequence[int]], scheme: Scheme,
     suspect's outputs: whether a context occurs in them does not change the keyed
     value of the token that follows it in the suspect's output.
     """
-    windows, targets = [], []
-    ignored_context = 0
-    total = 0
-    for ids in outputs:
-        ids = np.asarray(ids, np.int64)
-        w, t = context_windows(ids, scheme.context_width)
-        windows.append(w)
-        targets.append(t)
-        total += len(ids)
-        ignored_context += len(ids) - len(t)
+    windows, targets, total, ignored_context = _output_windows(outputs, scheme)
     exclude = prompt_fingerprints(prompts, scheme) if len(prompts) else None
     if contexts is not None:
         contexts = np.asarray(contexts, np.uint64)
     pairs, repeated, excluded, outside = _pairs_from(windows, targets, scheme, exclude,
                                                      contexts)
-    per_key = []
-    for c in candidates:
-        s, n = _score(scheme, c.partition, pairs)
-        p = float(scheme.p_values(np.array([s]), np.array([n]))[0])
-        hits = int(round(s)) if scheme.name == "greenlist" else None
-        per_key.append(KeyResult(c.key_id, c.cohort, p, _z(scheme, s, n), n, hits,
-                                 (s / n if n and hits is not None else None)))
-    null_z = []
-    for part in null_partitions(null_keys):
-        s, n = _score(scheme, part, pairs)
-        z = _z(scheme, s, n)
-        if z is not None:
-            null_z.append(z)
+    per_key = [_key_result(scheme, c.key_id, c.cohort, *_score(scheme, c.partition, pairs))
+               for c in candidates]
+    null_z = _null_z(scheme, [pairs], null_keys)
     counts = dict(tokens_total=total, tokens_scored=pairs.tokens_scored,
                   tokens_ignored_repeated=repeated, tokens_ignored_prompt=excluded,
                   tokens_ignored_context=ignored_context, tokens_ignored_filter=outside)
@@ -277,14 +297,10 @@ def supervised_test(outputs: Sequence[Sequence[int]], assigned: Sequence[Candida
                   tokens_ignored_prompt=0, tokens_ignored_context=0, tokens_ignored_filter=0)
     total_s, total_n = 0.0, 0
     for (key_id, cohort), idx in by_key.items():
-        windows, targets = [], []
-        for i in idx:
-            ids = np.asarray(outputs[i], np.int64)
-            w, t = context_windows(ids, scheme.context_width)
-            windows.append(w)
-            targets.append(t)
-            counts["tokens_total"] += len(ids)
-            counts["tokens_ignored_context"] += len(ids) - len(t)
+        windows, targets, total, ignored_context = _output_windows(
+            [outputs[i] for i in idx], scheme)
+        counts["tokens_total"] += total
+        counts["tokens_ignored_context"] += ignored_context
         pairs, repeated, excluded, outside = _pairs_from(windows, targets, scheme, exclude,
                                                          contexts)
         counts["tokens_scored"] += pairs.tokens_scored
@@ -296,21 +312,8 @@ def supervised_test(outputs: Sequence[Sequence[int]], assigned: Sequence[Candida
         total_s += s
         total_n += n
         groups.append(pairs)
-        hits = int(round(s)) if scheme.name == "greenlist" else None
-        per_key.append(KeyResult(key_id, cohort,
-                                 float(scheme.p_values(np.array([s]), np.array([n]))[0]),
-                                 _z(scheme, s, n), n, hits,
-                                 (s / n if n and hits is not None else None)))
-    null_z = []
-    for part in null_partitions(null_keys):
-        s = n = 0
-        for pairs in groups:
-            gs, gn = _score(scheme, part, pairs)
-            s += gs
-            n += gn
-        z = _z(scheme, s, n)
-        if z is not None:
-            null_z.append(z)
+        per_key.append(_key_result(scheme, key_id, cohort, s, n))
+    null_z = _null_z(scheme, groups, null_keys)
     p = float(scheme.p_values(np.array([total_s]), np.array([total_n]))[0])
     main = max(per_key, key=lambda k: k.tokens_scored) if per_key else None
     notes = [
@@ -391,16 +394,9 @@ def reading_test(texts: Sequence[Sequence[int]], predictions: Sequence[Sequence[
     null_z: list[float] = []
     if reference is None:
         pairs, repeated, _, _ = _pairs_from([windows], [targets], scheme, None)
-        for c in candidates:
-            s, n = _score(scheme, c.partition, pairs)
-            p = float(scheme.p_values(np.array([s]), np.array([n]))[0])
-            hits = int(round(s)) if scheme.name == "greenlist" else None
-            per_key.append(KeyResult(c.key_id, c.cohort, p, _z(scheme, s, n), n, hits,
-                                     s / n if n and hits is not None else None))
-        for part in null_partitions(null_keys):
-            z = _z(scheme, *_score(scheme, part, pairs))
-            if z is not None:
-                null_z.append(z)
+        per_key = [_key_result(scheme, c.key_id, c.cohort,
+                               *_score(scheme, c.partition, pairs)) for c in candidates]
+        null_z = _null_z(scheme, [pairs], null_keys)
         counts = dict(tokens_total=total, tokens_scored=pairs.tokens_scored,
                       tokens_ignored_repeated=repeated, tokens_ignored_prompt=0,
                       tokens_ignored_context=total - len(targets))

@@ -204,9 +204,13 @@ class WatermarkService:
             scheme = scheme or self.scheme
             if scheme is None:
                 raise ValueError("watermark_scheme is none: name a scheme to detect with")
-            candidates = [detector.Candidate(k.key_id, c, self.partition(k, scheme.name, c))
-                          for k in self.ring for c in range(k.cohorts)]
+            candidates = self.candidates(scheme.name)
         return detector.detect(ids, scheme, candidates)
+
+    def candidates(self, scheme: str) -> list[detector.Candidate]:
+        """Every (key id, cohort) of the ring, keyed for ``scheme``."""
+        return [detector.Candidate(k.key_id, c, self.partition(k, scheme, c))
+                for k in self.ring for c in range(k.cohorts)]
 
     def tokenize(self, text: str, *, normalize: str | None = None) -> list[int]:
         """Token ids of ``text`` after optional Unicode normalisation (NFC / NFKC)."""
