@@ -8,6 +8,7 @@ as "a lot" depends on the service.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -38,8 +39,16 @@ def _vs(baseline: Baseline | None, fmt: str = "{:.2f}") -> str:
     return baseline.describe(fmt) if baseline else "no population baseline yet"
 
 
-class _Share:
-    """Base for signals that are the share of requests with some property."""
+class _Builtin:
+    """Base of the built-in signals: keeps the settings it was created with."""
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+
+class _Ratio(_Builtin):
+    """Base for signals whose state starts ``[hits, requests]`` and whose value is
+    their ratio; subclasses define ``observe``."""
 
     group = "automation"
     weight = 0.3
@@ -47,19 +56,8 @@ class _Share:
     min_requests = 10
     what = ""
 
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
-
     def new_state(self) -> list[int]:
         return [0, 0]  # hits, requests
-
-    def hit(self, f: EventFeatures) -> bool:
-        raise NotImplementedError  # every subclass defines it
-
-    def observe(self, state: list[int], f: EventFeatures) -> None:
-        state[1] += 1
-        if self.hit(f):
-            state[0] += 1
 
     def value(self, state: list[int]) -> float | None:
         return state[0] / state[1] if state[1] >= self.min_requests else None
@@ -69,6 +67,19 @@ class _Share:
 
     def explain(self, value: float, baseline: Baseline | None) -> str:
         return f"{_pct(value)} of requests {self.what} ({_vs(baseline, '{:.0%}')})"
+
+
+class _Share(_Ratio, abc.ABC):
+    """Base for signals that are the share of requests with some property (``hit``)."""
+
+    @abc.abstractmethod
+    def hit(self, f: EventFeatures) -> bool:
+        """Whether the request has the property."""
+
+    def observe(self, state: list[int], f: EventFeatures) -> None:
+        state[1] += 1
+        if self.hit(f):
+            state[0] += 1
 
 
 @register_signal
@@ -122,7 +133,7 @@ class LogprobsSignal(_Share):
 
 
 @register_signal
-class IdenticalParamsSignal(_Share):
+class IdenticalParamsSignal(_Ratio):
     """Share of requests with the account's most common sampling parameters.
 
     Weak alone (any application sends fixed parameters), so its weight is small; it
@@ -222,7 +233,7 @@ class ElicitationSignal(_Share):
 
 
 @register_signal
-class TemplatingSignal(_Share):
+class TemplatingSignal(_Ratio):
     """Share of prompts that fill a skeleton the account already used.
 
     A prompt's skeleton is its last user turn with numbers, names and quoted spans
@@ -255,7 +266,7 @@ class TemplatingSignal(_Share):
 
 
 @register_signal
-class CoverageSignal:
+class CoverageSignal(_Builtin):
     """How evenly the account's prompts spread over the topic map (normalised entropy).
 
     A person asks about their own work and hobbies (a few topics); a harvester sweeps a
@@ -269,9 +280,6 @@ class CoverageSignal:
     group = "intent"
     weight = 0.35
     description = "how evenly prompts sweep the topic map (normalised entropy)"
-
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
 
     def new_state(self) -> list[Any]:
         return [0, None, None]  # prompts, topic counts (int32), sum of unit vectors
@@ -316,16 +324,13 @@ class CoverageSignal:
 
 
 @register_signal
-class OutputRatioSignal:
+class OutputRatioSignal(_Builtin):
     """Completion tokens per prompt token over the account's successful requests."""
 
     name = "output_ratio"
     group = "intent"
     weight = 0.35
     description = "completion tokens per prompt token"
-
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
 
     def new_state(self) -> list[int]:
         return [0, 0, 0]  # prompt tokens, completion tokens, requests
@@ -349,7 +354,7 @@ class OutputRatioSignal:
 
 
 @register_signal
-class RegularitySignal:
+class RegularitySignal(_Builtin):
     """Coefficient of variation of inter-arrival gaps (gaps under 10 minutes).
 
     People are bursty (CV above 1); a script sleeping a fixed interval is clockwork (CV
@@ -360,9 +365,6 @@ class RegularitySignal:
     group = "automation"
     weight = 0.4
     description = "coefficient of variation of inter-arrival gaps (low = clockwork)"
-
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
 
     def new_state(self) -> list[float]:
         return [-1.0, 0, 0.0, 0.0]  # last ts, gaps, mean, M2
@@ -396,7 +398,7 @@ class RegularitySignal:
 
 
 @register_signal
-class ParallelismSignal:
+class ParallelismSignal(_Builtin):
     """Mean number of the account's requests in flight when one arrives (itself included).
 
     Keeps the end times of at most 64 in-flight requests.
@@ -406,9 +408,6 @@ class ParallelismSignal:
     group = "automation"
     weight = 0.35
     description = "mean requests in flight at each arrival"
-
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
 
     def new_state(self) -> list[Any]:
         return [[], 0, 0]  # end times in flight, requests, sum of in-flight counts
@@ -436,15 +435,12 @@ class ParallelismSignal:
                 f"({_vs(baseline, '{:.1f}')})")
 
 
-class _Rate:
+class _Rate(_Builtin):
     """Requests (or tokens) per hour of the account's active span vs the population."""
 
     group = "volume"
     weight = 0.45
     unit = "requests"
-
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
 
     def new_state(self) -> list[float]:
         return [0.0, 0.0, 0.0]  # first ts, last ts, amount
@@ -499,7 +495,7 @@ class OutputRateSignal(_Rate):
 
 
 @register_signal
-class DutyCycleSignal:
+class DutyCycleSignal(_Builtin):
     """Share of minutes with at least one request, over the account's active span.
 
     Sustained: a person works in sessions; a harvester keeps every minute busy. Needs a
@@ -510,9 +506,6 @@ class DutyCycleSignal:
     group = "automation"
     weight = 0.3
     description = "share of minutes with requests over the active span"
-
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
 
     def new_state(self) -> list[int]:
         return [-1, -1, 0]  # first minute, last minute, active minutes
@@ -538,7 +531,7 @@ class DutyCycleSignal:
 
 
 @register_signal
-class AllHoursSignal:
+class AllHoursSignal(_Builtin):
     """Share of the 24 hours of the day (UTC) with activity; needs a day of history.
 
     People sleep; a pipeline running around the clock does not.
@@ -548,9 +541,6 @@ class AllHoursSignal:
     group = "automation"
     weight = 0.3
     description = "share of the 24 hours of day with requests"
-
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
 
     def new_state(self) -> list[float]:
         return [0, -1.0, 0.0]  # hour bitmask, first ts, last ts
@@ -575,7 +565,7 @@ class AllHoursSignal:
 
 
 @register_signal
-class RateSurgeSignal:
+class RateSurgeSignal(_Builtin):
     """Requests in the current hour against the account's own average active hour.
 
     Own history: an account that suddenly runs far above its habit (a bought or
@@ -586,9 +576,6 @@ class RateSurgeSignal:
     group = "volume"
     weight = 0.3
     description = "requests this hour vs the account's own average hour"
-
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
 
     def new_state(self) -> list[float]:
         return [-1, 0, 0.0, 0, 0.0]  # current hour, its count, EWMA, hours, max ratio

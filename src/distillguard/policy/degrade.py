@@ -36,7 +36,7 @@ def strip_reasoning(text: str) -> str:
     opened = _OPEN.search(text)
     if opened:
         text = text[:opened.start()]
-    elif re.search(r"</(think|thinking|reasoning)>", text, re.IGNORECASE):
+    else:  # no-op without a closing tag
         text = _STRAY_CLOSE.sub("", text, count=1)
     answer = _ANSWER.search(text)
     if answer:

@@ -109,6 +109,12 @@ class Population(abc.ABC):
         return AccountSpec(self.account_name(i), self.name, self.kind, self.label, created_at,
                            self.name if self.label == "attack" else None)
 
+    def _aged_accounts(self, min_days: float, max_days: float) -> list[AccountSpec]:
+        """Accounts whose keys were made between ``min_days`` and ``max_days`` before
+        the world starts (drawn uniformly, one per account in order)."""
+        return [self._account(i, self.world.start - self.rng.uniform(min_days, max_days) * DAY)
+                for i in range(self.p.accounts)]
+
     def account_name(self, i: int) -> str:
         return f"{self.name}-{i:05d}"
 
@@ -198,8 +204,7 @@ class Casual(Population):
         sdk_share: float = 0.3  # users calling through an SDK rather than a web app
 
     def accounts(self) -> list[AccountSpec]:
-        return [self._account(i, self.world.start - self.rng.uniform(1, 365) * DAY)
-                for i in range(self.p.accounts)]
+        return self._aged_accounts(1, 365)
 
     def requests(self) -> Iterator[SimRequest]:
         topics = list(self.world.benign_topics)
@@ -249,8 +254,7 @@ class EvalHarness(Population):
         parallel: int = 8
 
     def accounts(self) -> list[AccountSpec]:
-        return [self._account(i, self.world.start - self.rng.uniform(30, 200) * DAY)
-                for i in range(self.p.accounts)]
+        return self._aged_accounts(30, 200)
 
     def requests(self) -> Iterator[SimRequest]:
         w, rng = self.world, self.rng
@@ -290,8 +294,7 @@ class RagApp(Population):
         tz: float = 1.0
 
     def accounts(self) -> list[AccountSpec]:
-        return [self._account(i, self.world.start - self.rng.uniform(30, 300) * DAY)
-                for i in range(self.p.accounts)]
+        return self._aged_accounts(30, 300)
 
     def requests(self) -> Iterator[SimRequest]:
         w, rng = self.world, self.rng
@@ -328,8 +331,7 @@ class SharedKey(Population):
         reseller: bool = False  # members all over the world instead of one office
 
     def accounts(self) -> list[AccountSpec]:
-        return [self._account(i, self.world.start - self.rng.uniform(30, 300) * DAY)
-                for i in range(self.p.accounts)]
+        return self._aged_accounts(30, 300)
 
     def requests(self) -> Iterator[SimRequest]:
         w, rng = self.world, self.rng
@@ -369,8 +371,7 @@ class BatchJob(Population):
         tz: float = 0.0
 
     def accounts(self) -> list[AccountSpec]:
-        return [self._account(i, self.world.start - self.rng.uniform(30, 300) * DAY)
-                for i in range(self.p.accounts)]
+        return self._aged_accounts(30, 300)
 
     def requests(self) -> Iterator[SimRequest]:
         w, rng = self.world, self.rng

@@ -161,8 +161,7 @@ class SlowDrip(Campaign):
         max_tokens: int = 2048
 
     def accounts(self) -> list[AccountSpec]:
-        return [self._account(i, self.world.start - self.rng.uniform(20, 120) * DAY)
-                for i in range(self.p.accounts)]
+        return self._aged_accounts(20, 120)
 
     def requests(self) -> Iterator[SimRequest]:
         w, rng = self.world, self.rng
@@ -195,8 +194,7 @@ class Mimic(Campaign):
         think_time: float = 45.0
 
     def accounts(self) -> list[AccountSpec]:
-        return [self._account(i, self.world.start - self.rng.uniform(5, 60) * DAY)
-                for i in range(self.p.accounts)]
+        return self._aged_accounts(5, 60)
 
     def requests(self) -> Iterator[SimRequest]:
         w, rng = self.world, self.rng
@@ -353,8 +351,7 @@ class ModelReleaseShift(Campaign):
         max_tokens: int = 4096
 
     def accounts(self) -> list[AccountSpec]:
-        return [self._account(i, self.world.start - self.rng.uniform(10, 90) * DAY)
-                for i in range(self.p.accounts)]
+        return self._aged_accounts(10, 90)
 
     @property
     def harvest_start(self) -> float:
