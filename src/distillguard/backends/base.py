@@ -8,8 +8,13 @@ into a ``Completion`` or an async iterator of ``StreamDelta`` followed by one
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from distillguard.registry import Registry
+
+if TYPE_CHECKING:
+    from distillguard.config import Settings
 
 FinishReason = Literal["stop", "length"]
 
@@ -108,3 +113,19 @@ class Backend(Protocol):
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         """Yield ``StreamDelta`` items as text is generated, then one ``StreamEnd``."""
+
+
+BackendFactory = Callable[["Settings"], Backend]
+
+# Imported on first use, so that an upstream gateway never imports torch.
+BACKENDS: Registry[BackendFactory] = Registry("backend", "distillguard.backends",
+                                              missing_extra={"local": "local"})
+BACKENDS.register_lazy("local", "distillguard.backends.local:LocalBackend.from_settings")
+BACKENDS.register_lazy("upstream",
+                       "distillguard.backends.upstream:UpstreamBackend.from_settings")
+BACKENDS.register_lazy("echo", "distillguard.backends.echo:EchoBackend.from_settings")
+
+
+def backend_from_settings(settings: Settings) -> Backend:
+    """The backend that ``settings.backend`` names, built from the settings."""
+    return BACKENDS.get(settings.backend)(settings)

@@ -44,6 +44,11 @@ class EchoBackend:
         self.model_name = model_name
         self.tokens = tokens
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> EchoBackend:
+        """An echo backend serving ``settings.model_name``."""
+        return cls(model_name=settings.model_name)
+
     async def start(self) -> None:
         """Nothing to load."""
 

@@ -48,21 +48,10 @@ class SimClock:
 
 
 def backend_from_settings(settings: Settings) -> Backend:
-    """The backend the settings name; imported lazily so a proxy never loads torch."""
-    if settings.backend == "upstream":
-        from distillguard.backends.upstream import UpstreamBackend
+    """The backend the settings name, from the backend registry (imported lazily)."""
+    from distillguard.backends.base import backend_from_settings as build
 
-        return UpstreamBackend.from_settings(settings)
-    if settings.backend == "local":
-        from distillguard.backends.local import LocalBackend
-
-        return LocalBackend.from_settings(settings)
-    if settings.backend == "echo":
-        from distillguard.backends.echo import EchoBackend
-
-        return EchoBackend(model_name=settings.model_name)
-    raise ValueError(f"setting 'backend' must be local, upstream or echo, "
-                     f"got {settings.backend!r}")
+    return build(settings)
 
 
 class Gateway:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from distillguard.watermark.keys import KeyRingError
-from distillguard.watermark.schemes import SCHEMES
+from distillguard.watermark.registry import SCHEMES
 from distillguard.watermark.service import (
     NORMALIZATIONS,
     WatermarkService,
@@ -48,7 +48,7 @@ def add_commands(subparsers: Any) -> None:
     detect.add_argument("--normalize", choices=[n for n in NORMALIZATIONS if n],
                         help="Unicode-normalise text before tokenising "
                              "(default: the watermark_normalize setting)")
-    detect.add_argument("--scheme", choices=sorted(SCHEMES),
+    detect.add_argument("--scheme", choices=SCHEMES.names(),
                         help="detect with this scheme instead of watermark_scheme")
     detect.add_argument("--no-progress", action="store_true",
                         help="never show the progress bar")

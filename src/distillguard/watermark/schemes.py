@@ -9,9 +9,9 @@ A scheme says three things, all on top of ``keyed.KeyedPartition``:
   the text does not depend on the key and repeated (context, token) pairs are scored
   once.
 
-Schemes register themselves in ``SCHEMES`` with ``register``; ``get_scheme(name, **params)``
-builds one. ``params`` holds everything needed to reproduce embedding and detection and
-is what request events record.
+Schemes register themselves in ``registry.SCHEMES`` with ``register``;
+``get_scheme(name, **params)`` builds one. ``params`` holds everything needed to
+reproduce embedding and detection and is what request events record.
 """
 
 from __future__ import annotations
@@ -24,28 +24,23 @@ import numpy as np
 import torch
 from scipy import special
 
+from distillguard.registry import RegistryError
 from distillguard.watermark.base import RowSampler
 from distillguard.watermark.keyed import SEEDINGS, KeyedPartition, threshold, to_unit
-
-SCHEMES: dict[str, type[Scheme]] = {}
+from distillguard.watermark.registry import SCHEMES
 
 
 def register(cls: type[Scheme]) -> type[Scheme]:
     """Class decorator: make a scheme available under ``cls.name``."""
-    if cls.name in SCHEMES:
-        raise ValueError(f"watermark scheme {cls.name!r} is already registered")
-    SCHEMES[cls.name] = cls
-    return cls
+    return SCHEMES.register(cls.name, cls)
 
 
 def get_scheme(name: str, **params: Any) -> Scheme:
     """Build the registered scheme ``name`` with ``params`` (others take defaults)."""
     try:
-        cls = SCHEMES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown watermark scheme {name!r}; registered: {', '.join(sorted(SCHEMES))}"
-        ) from None
+        cls = SCHEMES.get(name)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
     return cls(**params)
 
 

@@ -25,7 +25,8 @@ from distillguard.watermark import detector
 from distillguard.watermark.base import RowSampler
 from distillguard.watermark.keyed import KeyedPartition
 from distillguard.watermark.keys import KEY_FILE_NAME, KeyRing, KeyRingError, WatermarkKey
-from distillguard.watermark.schemes import SCHEMES, Scheme, get_scheme, sample_plain
+from distillguard.watermark.registry import SCHEMES
+from distillguard.watermark.schemes import Scheme, get_scheme, sample_plain
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ def scheme_from_settings(settings: Any) -> Scheme | None:
         return None
     if name not in SCHEMES:
         raise ValueError(f"watermark_scheme {name!r} is not one of: none, "
-                         f"{', '.join(sorted(SCHEMES))}")
-    defaults = SCHEMES[name]().params
+                         f"{', '.join(SCHEMES.names())}")
+    defaults = SCHEMES.get(name)().params
     params = {}
     for param in defaults:
         for setting in (f"watermark_{name}_{param}", f"watermark_{param}"):
