@@ -23,12 +23,9 @@ BENIGN = ["Can you help me write a birthday message for my sister?",
 
 
 async def _drain(gateway) -> None:
-    """Wait until detection has seen every finished request, then run one round."""
-    for _ in range(200):
-        if not gateway._detect_queue:
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.3)  # the batch taken last is being observed
+    """Write every finished request, let detection read them from the log, run a round."""
+    await asyncio.to_thread(gateway.writer.flush)
+    await asyncio.to_thread(gateway.runner.catch_up)
     await asyncio.to_thread(gateway.run_detection)
 
 

@@ -227,8 +227,9 @@ async def test_sim_time_header_only_in_simulation_mode(make_settings, simulation
     app = build_app(make_settings(), simulation=simulation)
     async with app.router.lifespan_context(app):
         gateway = await _post(app, {"X-Distillguard-Sim-Time": "1000000000.5"})
-        event = gateway._detect_queue[-1] if simulation else None
         if simulation:
+            gateway.writer.flush()
+            event = list(gateway.store.iter_events())[-1]
             assert event.ts == 1000000000.5
             assert gateway.policy.clock() == 1000000000.5
             assert gateway._detect_task is None  # the simulator drives detection

@@ -65,6 +65,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, loop="auto", http="auto",
                 log_level=settings.log_level, access_log=False,
+                # The gateway reads X-Forwarded-For itself (trust_forwarded_for,
+                # trusted_proxies); uvicorn's would trust 127.0.0.1's header by default.
+                proxy_headers=False,
                 timeout_graceful_shutdown=30)
     return 0
 

@@ -179,8 +179,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rate_limit_rpm", int, 0, "Requests per minute per key (0: unlimited).", minimum=0),
     Setting("rate_limit_tpm", int, 0, "Tokens (prompt + completion) per minute per key "
             "(0: unlimited).", minimum=0),
-    Setting("trust_forwarded_for", bool, False, "Take the client address from the first "
-            "X-Forwarded-For entry (only behind a proxy you run, which sets it)."),
+    Setting("trust_forwarded_for", bool, False, "Take the client address from "
+            "X-Forwarded-For: the right-most entry that is not a trusted proxy (only behind "
+            "a proxy you run, which appends to it). Off: the connection's address."),
     Setting("retain_prompts", bool, True, "Store prompt text in request events."),
     Setting("store", str, "sqlite", "Event and account store: `sqlite` (in data_dir) or "
             "`postgres` (at `postgres_dsn`).", choices=_store_names),
@@ -229,6 +230,42 @@ SETTINGS: tuple[Setting, ...] = (
             "for an account under a degrade action (multiplies the scheme's strength).",
             above=0),
     # --- end detection / policy settings ---
+    # --- durable detection settings (helper "durable" edits only this block) ---
+    Setting("trusted_proxies", str, "", "Comma-separated addresses or CIDRs of the "
+            "proxies in front of the gateway, when trust_forwarded_for is on: "
+            "X-Forwarded-For is read only from them, and they are skipped when taking the "
+            "client's address from its right end. Empty: the immediate peer is the one "
+            "proxy."),
+    Setting("detection_mode", str, "inprocess", "`inprocess`: `serve` runs detection "
+            "itself, reading the event store. `external`: a separate `distillguard detect` "
+            "service does, and this gateway only reads the policy store (and, with "
+            "event_stream = nats, publishes its events to JetStream).",
+            choices=("inprocess", "external")),
+    Setting("detection_checkpoint_interval", float, 30.0, "Seconds between checkpoints "
+            "of detection state with its log position (a restart resumes from the last "
+            "one; events after it are read again from the log).", above=0),
+    Setting("detection_warmup_hours", float, 24.0, "A detection with no checkpoint reads "
+            "at most this many hours of history from the log before live traffic.", minimum=0),
+    Setting("detection_warmup_events", int, 1_000_000, "...and at most this many of the "
+            "newest events (whichever bound is tighter).", minimum=0),
+    Setting("event_stream", str, "", "`nats`: gateways also publish every event to NATS "
+            "JetStream (after the store has it) and `distillguard detect` workers read it "
+            "there, partitioned by account. Empty: detection reads the store.",
+            choices=("", "nats")),
+    Setting("nats_url", Secret, Secret("nats://127.0.0.1:4222"), "NATS server for "
+            "event_stream = nats (may hold credentials, hence secret)."),
+    Setting("nats_stream", str, "DISTILLGUARD_EVENTS", "JetStream stream of events; "
+            "subjects `<nats_subject>.<partition>`."),
+    Setting("nats_subject", str, "distillguard.events", "Subject prefix of the event "
+            "stream."),
+    Setting("detection_partitions", int, 4, "Account partitions of the event stream; "
+            "each is read by exactly one `distillguard detect` worker at a time. Changing "
+            "it re-partitions accounts: start detection afresh (new stream) when you do.",
+            minimum=1, maximum=1024),
+    Setting("nats_max_age_hours", float, 72.0, "Hours the event stream keeps events "
+            "(detection can fall this far behind, or be down this long, and catch up).",
+            above=0),
+    # --- end durable detection settings ---
     # --- watermark settings (watermark engineer edits only this block) ---
     Setting("watermark_scheme", str, "greenlist", "Watermark embedded in every generated "
             "response: `greenlist` (Kirchenbauer et al.), `exponential` (distortion-free "

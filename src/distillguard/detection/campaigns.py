@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import ipaddress
 import math
 import zlib
 from collections import defaultdict
@@ -53,12 +54,14 @@ MIN_CLIENT_REPEATS = 5
 
 
 def _prefix(addr: str | None) -> str | None:
+    """The address's /24 (IPv4) or /48 (IPv6) network, None if it is not an address."""
     if not addr:
         return None
-    if ":" in addr:
-        return ":".join(addr.split(":")[:3]) + "::/48"
-    parts = addr.split(".")
-    return ".".join(parts[:3]) + ".0/24" if len(parts) == 4 else None
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None  # e.g. "invalid": the gateway could not trust what it was given
+    return str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False))
 
 
 def _bump(table: dict[Any, int], key: Any, cap: int) -> None:

@@ -35,15 +35,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _client_addr(scope: Scope, trust_forwarded: bool) -> str | None:
-    if trust_forwarded:
-        forwarded = _header(scope, b"x-forwarded-for")
-        if forwarded:
-            return forwarded.split(",")[0].strip()
-    client = scope.get("client")
-    return client[0] if client else None
-
-
 async def send_error(send: Send, exc: errors.APIError) -> None:
     status, headers, body = errors.render(exc)
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -70,7 +61,7 @@ class ErrorsAndEvents:
         api = path.startswith(API_PREFIX)
         ctx = RequestContext(
             endpoint=path if api else "other",
-            client_addr=_client_addr(scope, self.gateway.settings.trust_forwarded_for),
+            client_addr=self.gateway.client_address.of_scope(scope),
             user_agent=_header(scope, b"user-agent"),
         )
         if self.gateway.simulation:

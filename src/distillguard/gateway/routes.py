@@ -286,5 +286,9 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(gateway_of(request).metrics.render(),
-                    media_type="text/plain; version=0.0.4")
+    gateway = gateway_of(request)
+    body = gateway.metrics.render()
+    runner = getattr(gateway, "runner", None)
+    if runner is not None:
+        body += ("\n".join(runner.metrics_lines()) + "\n").encode()
+    return Response(body, media_type="text/plain; version=0.0.4")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from typing import Any
@@ -72,12 +71,16 @@ class Gateway:
         self.settings = settings
         self.simulation = simulation
         self.clock: Any = SimClock() if simulation else time.time
-        self._sim_queued = 0  # events ever queued for detection (simulation_round reads it)
+        self._sim_queued = 0  # events ever recorded with an account (simulation_round)
         self.backend = backend
         self.store = store
         self.watermark = watermark
         self.metrics = Metrics()
         self.started_at = time.time()
+        from distillguard.gateway.clientaddr import ClientAddress
+
+        self.client_address = ClientAddress(settings.trust_forwarded_for,
+                                            settings.trusted_proxies)
         self.limits = Limits(settings.max_tokens_limit, settings.default_max_tokens,
                              settings.max_n)
         self.keys: Any = None
@@ -85,8 +88,7 @@ class Gateway:
         self.limiter: Any = None
         self.policy: Any = None
         self.detection: Any = None
-        self.detection_dropped = 0
-        self._detect_queue: collections.deque = collections.deque()
+        self.runner: Any = None  # DetectionRunner: detection's reader of the event log
         self._detect_task: asyncio.Task | None = None
         self._owns_store = store is None
         self._pending_tokens: set[asyncio.Task] = set()
@@ -109,15 +111,8 @@ class Gateway:
         from distillguard.policy.engine import PolicyEngine
 
         self.policy = await asyncio.to_thread(PolicyEngine.from_settings, settings)
-        if settings.detection:
-            from distillguard.detection.pipeline import DetectionPipeline
-
-            self.detection = await asyncio.to_thread(DetectionPipeline.from_settings, settings,
-                                                     store=self.store)
-            if self.simulation:
-                self.detection.clock = self.policy.clock = self.clock
-            else:
-                self._detect_task = asyncio.get_running_loop().create_task(self._detect_loop())
+        if settings.detection and settings.detection_mode == "inprocess":
+            await self._start_detection()
         if self.backend is None:
             self.backend = backend_from_settings(settings)
         if self.watermark is None and getattr(self.backend, "watermarks", False):
@@ -126,39 +121,31 @@ class Gateway:
             self.watermark = await asyncio.to_thread(WatermarkService.from_settings, settings)
         await self.backend.start()
 
-    async def _detect_loop(self) -> None:
-        """Feed finished requests to detection and run the rules, off the request path.
+    async def _start_detection(self) -> None:
+        """Detection reading the event store as its log, resumed from its checkpoint."""
+        from distillguard.detection.pipeline import DetectionPipeline
+        from distillguard.detection.service import DetectionRunner
 
-        Detection sees events from memory, not from the store, so that an action can take
-        effect within one ``detection_interval`` of the traffic that earned it.
-        """
-        interval = self.settings.detection_interval
-        # Polling, not an Event: a quarter second of batching costs nothing here and
-        # keeps cancellation at shutdown trivially prompt.
-        poll = min(0.25, interval)
-        next_refresh = time.monotonic() + interval
-        while True:
-            await asyncio.sleep(poll)
-            batch = list(self._detect_queue)
-            self._detect_queue.clear()
-            try:
-                if batch:
-                    await asyncio.to_thread(self.detection.observe_many, batch)
-                if time.monotonic() >= next_refresh:
-                    await asyncio.to_thread(self.run_detection)
-                    next_refresh = time.monotonic() + interval
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Detection must never take the gateway down; the next round retries.
-                log.exception("detection round failed")
+        settings = self.settings
+        self.detection = await asyncio.to_thread(DetectionPipeline.from_settings, settings,
+                                                 store=self.store)
+        if self.simulation:
+            self.detection.clock = self.policy.clock = self.clock
+        self.runner = DetectionRunner.from_settings(settings, self.detection, self.store,
+                                                    policy=self.policy, clock=self.clock)
+        await asyncio.to_thread(self.runner.resume)
+        if not self.simulation:
+            self._detect_task = asyncio.get_running_loop().create_task(
+                self.runner.run(settings.detection_interval,
+                                settings.detection_checkpoint_interval))
 
     def simulation_round(self, expected_events: int, timeout: float = 60.0) -> list[Any]:
-        """Simulation mode: once ``expected_events`` events in all have been queued for
-        detection, observe the queued ones and run one round; returns the actions set.
+        """Simulation mode: once ``expected_events`` events in all have been recorded,
+        write them, let detection read them from the log and run one round; returns the
+        actions set.
 
         The simulator calls it (from any thread) at each simulated detection interval,
-        after every response of the interval came back: an event is queued just after
+        after every response of the interval came back: an event is recorded just after
         its response's last byte, hence the wait.
         """
         if not self.simulation or self.detection is None:
@@ -168,20 +155,15 @@ class Gateway:
         while self._sim_queued < expected_events:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"simulation_round: {self._sim_queued} of "
-                                   f"{expected_events} events queued after {timeout:.0f} s")
+                                   f"{expected_events} events recorded after {timeout:.0f} s")
             time.sleep(0.002)
-        batch = []
-        queue = self._detect_queue
-        while queue:
-            batch.append(queue.popleft())
-        if batch:
-            self.detection.observe_many(batch)
+        self.writer.flush()
+        self.runner.catch_up()
         return self.run_detection()
 
     def run_detection(self) -> list[Any]:
         """One round of campaign clustering and rules; returns the actions set."""
-        self.detection.refresh()
-        return self.policy.evaluate(self.detection)
+        return self.runner.round()
 
     async def close(self) -> None:
         if self._detect_task is not None:
@@ -198,6 +180,10 @@ class Gateway:
             await self.limiter.close()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
+        if self.runner is not None:
+            # Read what the writer just wrote, so the last checkpoint covers it all.
+            await asyncio.to_thread(self.runner.catch_up, 5.0)
+            await asyncio.to_thread(self.runner.close)
         if self.policy is not None:
             self.policy.close()
         if self._owns_store and self.store is not None:
@@ -220,10 +206,6 @@ class Gateway:
         event = ctx.event()
         if self.writer is not None:
             self.writer.submit(event)
-        if self.detection is not None and event.account is not None:
-            queue = self._detect_queue
-            queue.append(event)
+        if event.account is not None:
+            # Detection reads the event from the store, never from here.
             self._sim_queued += 1
-            if len(queue) > self.settings.event_queue_size:
-                queue.popleft()  # detection falls behind; the store still has the event
-                self.detection_dropped += 1

@@ -29,12 +29,15 @@ from distillguard.telemetry.keys import (
 )
 from distillguard.telemetry.rows import (
     EVENT_COLUMNS,
+    FIRST_ID_SINCE,
     JSON_COLUMNS,
     KEY_COLUMNS,
+    LAST_ID,
     dump_json,
     event_to_row,
     row_to_event,
     select_events,
+    select_events_after,
 )
 from distillguard.telemetry.store import VERSION_UNKNOWN
 
@@ -46,6 +49,11 @@ _ITER_CHUNK = 1000
 # Any fixed number: serialises CREATE TABLE IF NOT EXISTS between processes starting at
 # once, which otherwise can fail with a unique violation in the system catalogs.
 _SCHEMA_LOCK_ID = 0x64697374  # "dist"
+# Held by each event batch until it commits, so that ids are taken and committed in the
+# same order by every process: an identity column alone hands out ids at insert time,
+# and a batch that commits after a later-numbered one would be skipped by a reader
+# tailing the table by id (detection does).
+_EVENT_ORDER_LOCK_ID = 0x64676576  # "dgev"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -155,6 +163,7 @@ class PostgresStore:
         # Control reads must not queue behind a batch of event inserts: two connections.
         self._control = _Link(dsn)
         self._events = _Link(dsn)
+        self._tail = _Link(dsn)  # detection's reads of the log, opened on first use
         with self._control() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
             conn.execute(_SCHEMA)
@@ -255,6 +264,7 @@ class PostgresStore:
             return
         rows = [_pg_row(event) for event in events]
         with self._events() as conn, conn.transaction(), conn.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENT_ORDER_LOCK_ID,))
             # psycopg pipelines executemany: one network round trip for the whole batch.
             cursor.executemany(_INSERT_EVENT, rows)
 
@@ -274,6 +284,22 @@ class PostgresStore:
             for row in cur:
                 yield row_to_event(row)
 
+    def events_after(self, after_id: int, limit: int) -> list[tuple[int, RequestEvent]]:
+        with self._tail() as conn:
+            rows = conn.execute(select_events_after("%s"), (after_id, limit)).fetchall()
+        return [(row[0], row_to_event(row[1:])) for row in rows]
+
+    def last_event_id(self) -> int:
+        with self._tail() as conn:
+            row = conn.execute(LAST_ID).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def first_event_id_since(self, ts: float) -> int:
+        with self._tail() as conn:
+            row = conn.execute(FIRST_ID_SINCE.format(p="%s"), (ts,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else self.last_event_id() + 1
+
     def count_events(self) -> int:
         with psycopg.connect(self._dsn, autocommit=True) as conn:
             row = conn.execute("SELECT count(*) FROM request_events").fetchone()
@@ -283,6 +309,7 @@ class PostgresStore:
     def close(self) -> None:
         self._control.close()
         self._events.close()
+        self._tail.close()
 
     def __enter__(self) -> PostgresStore:
         return self

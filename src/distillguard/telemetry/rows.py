@@ -113,3 +113,13 @@ def select_events(placeholder: str, *, since: float | None, until: float | None,
     if where:
         query += " WHERE " + " AND ".join(where)
     return query + " ORDER BY ts, id", args
+
+
+def select_events_after(placeholder: str) -> str:
+    """The SELECT of ``Store.events_after``: (id, EVENT_COLUMNS...) after an id."""
+    return (f"SELECT id, {', '.join(EVENT_COLUMNS)} FROM request_events "
+            f"WHERE id > {placeholder} ORDER BY id LIMIT {placeholder}")
+
+
+FIRST_ID_SINCE = "SELECT min(id) FROM request_events WHERE ts >= {p}"
+LAST_ID = "SELECT coalesce(max(id), 0) FROM request_events"

@@ -34,10 +34,13 @@ from distillguard.telemetry.keys import (
 )
 from distillguard.telemetry.rows import (
     EVENT_COLUMNS,
+    FIRST_ID_SINCE,
     KEY_COLUMNS,
+    LAST_ID,
     event_to_row,
     row_to_event,
     select_events,
+    select_events_after,
 )
 
 if TYPE_CHECKING:
@@ -123,6 +126,8 @@ class SQLiteStore:
         self._events = self._connect(self._events_path, "NORMAL")
         self._events.executescript(_EVENTS_SCHEMA)
         self._events_lock = threading.Lock()
+        self._tail: sqlite3.Connection | None = None  # detection's reader, made on first use
+        self._tail_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SQLiteStore:
@@ -277,7 +282,35 @@ class SQLiteStore:
         finally:
             conn.close()
 
+    def _read_conn(self) -> sqlite3.Connection:
+        # A reader connection of its own: the tailer never takes the writer's lock, and
+        # WAL lets its reads run while a batch commits.
+        if self._tail is None:
+            self._tail = sqlite3.connect(
+                self._events_path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        return self._tail
+
+    def events_after(self, after_id: int, limit: int) -> list[tuple[int, RequestEvent]]:
+        # rowid ids grow in commit order: BEGIN IMMEDIATE makes writers take turns, and an
+        # INTEGER PRIMARY KEY is max(id) + 1 at insert time.
+        with self._tail_lock:
+            rows = self._read_conn().execute(select_events_after("?"),
+                                             (after_id, limit)).fetchall()
+        return [(row[0], row_to_event(row[1:])) for row in rows]
+
+    def last_event_id(self) -> int:
+        with self._tail_lock:
+            return int(self._read_conn().execute(LAST_ID).fetchone()[0])
+
+    def first_event_id_since(self, ts: float) -> int:
+        with self._tail_lock:
+            row = self._read_conn().execute(FIRST_ID_SINCE.format(p="?"), (ts,)).fetchone()
+        return int(row[0]) if row[0] is not None else self.last_event_id() + 1
+
     def close(self) -> None:
+        with self._tail_lock:
+            if self._tail is not None:
+                self._tail.close()
         for lock, conn in (
             (self._control_lock, self._control),
             (self._version_lock, self._version_conn),

@@ -104,6 +104,23 @@ class Store(Protocol):
         """How many events are stored."""
         ...
 
+    # --- the event log, tailed by id (detection reads it; see ``detection.log``) -------
+    def events_after(self, after_id: int, limit: int) -> list[tuple[int, RequestEvent]]:
+        """Up to ``limit`` events with id > ``after_id``, as (id, event), in id order.
+
+        Ids grow in commit order: a reader that has seen id N never later finds a
+        committed event below N, so ``after_id`` is a complete position in the log.
+        """
+        ...
+
+    def last_event_id(self) -> int:
+        """The highest event id written so far (0 for an empty store)."""
+        ...
+
+    def first_event_id_since(self, ts: float) -> int:
+        """The lowest id of an event with ``ts`` at or after ``ts`` (last id + 1 if none)."""
+        ...
+
     def close(self) -> None:
         """Release connections. The store is unusable afterwards."""
         ...

@@ -29,6 +29,7 @@ def serve_in_thread(app: Any, *, backlog: int = 2048,
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on",
+                                           proxy_headers=False,
                                            backlog=backlog))
     thread = threading.Thread(target=server.run, name="distillguard-server", daemon=True)
     thread.start()
