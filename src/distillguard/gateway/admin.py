@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from distillguard.gateway import errors
 from distillguard.gateway.routes import gateway_of, json_response, read_json
+from distillguard.telemetry.keys import check_account_name
 
 
 def _require_admin(request: Request) -> None:
@@ -47,10 +48,14 @@ async def create_key(request: Request) -> Response:
     account = body.get("account")
     if not isinstance(account, str) or not account.strip():
         raise errors.InvalidRequest("'account' must be a non-empty string", param="account")
+    try:
+        account = check_account_name(account)
+    except ValueError as exc:
+        raise errors.InvalidRequest(f"'account': {exc}", param="account") from None
     name = body.get("name")
     if name is not None and not isinstance(name, str):
         raise errors.InvalidRequest("'name' must be a string", param="name")
-    record, key = await asyncio.to_thread(gateway.store.create_key, account.strip(),
+    record, key = await asyncio.to_thread(gateway.store.create_key, account,
                                           name=name)
     # The only time the key is shown: the store keeps its hash.
     return json_response({**_key_json(record), "key": key}, status=201)

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from distillguard.backends.base import Backend
 from distillguard.config import Settings
@@ -33,9 +33,24 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     message = (f"Unknown path {request.url.path}" if exc.status_code == 404
                else f"Method {request.method} is not allowed on {request.url.path}"
                if exc.status_code == 405 else str(exc.detail))
-    api_error = kind(message)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    api_error = kind(message, headers=headers)
     api_error.status = exc.status_code
     raise api_error
+
+
+def _allowed_methods(request: Request) -> str:
+    # RFC 9110 wants every method of the resource in Allow; Starlette lists only those of
+    # the first route on the path, and /admin/keys has one route per method.
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def build_app(settings: Settings, *, backend: Backend | None = None, store: Any = None,
@@ -73,5 +88,8 @@ def build_app(settings: Settings, *, backend: Backend | None = None, store: Any 
     ]
     app = Starlette(routes=app_routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_exception})
+    # Starlette's trailing-slash redirect builds its Location from the Host header, so a
+    # forged Host turned /admin/accounts/ into a redirect to any site: a 404 instead.
+    app.router.redirect_slashes = False
     app.state.gateway = gateway
     return app

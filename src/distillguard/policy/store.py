@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from distillguard.config import SettingsError
+from distillguard.datadir import private_dir, private_file
 from distillguard.policy.actions import Action
 from distillguard.telemetry.store import VERSION_UNKNOWN
 
@@ -128,9 +129,8 @@ class SQLiteActionStore(_Reads):
     name = "sqlite"
 
     def __init__(self, directory: str | Path) -> None:
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        self._db = self._connect(path / POLICY_FILE)
+        path = private_dir(directory)
+        self._db = self._connect(private_file(path / POLICY_FILE))
         self._db.executescript("""
             CREATE TABLE IF NOT EXISTS policy_actions (
                 account TEXT PRIMARY KEY, kind TEXT NOT NULL, reason TEXT NOT NULL,

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distillguard.datadir import private_dir, private_file
 from distillguard.telemetry.keys import (
     Account,
     KeyRecord,
@@ -110,8 +111,8 @@ class SQLiteStore:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        # Owner-only when we create it: events.db holds prompts.
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Owner-only, also when it already exists: events.db holds prompts.
+        private_dir(self.directory)
         self._control_path = self.directory / CONTROL_FILE
         self._events_path = self.directory / EVENTS_FILE
         # One connection per role, each behind its own lock (sqlite3 connections must not
@@ -138,7 +139,8 @@ class SQLiteStore:
     def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; writes open them explicitly.
         conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            private_file(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            check_same_thread=False,
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")

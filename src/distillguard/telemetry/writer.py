@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from distillguard.datadir import private_dir
 from distillguard.telemetry.rows import dump_json
 
 if TYPE_CHECKING:
@@ -296,7 +297,7 @@ class EventWriter:
         assert self.dead_letter_path is not None
         record = {"error": f"{type(exc).__name__}: {exc}", "event": event.to_dict()}
         try:
-            self.dead_letter_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(self.dead_letter_path.parent)
             # Owner-only, like the databases: the file holds prompts.
             fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with open(fd, "a", encoding="utf-8") as out:

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from distillguard.datadir import private_dir
+
 log = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "watermark.key"
@@ -196,7 +198,7 @@ def _mtime_ns(path: Path) -> int | None:
 
 def _write_new(path: Path, content: bytes) -> None:
     """Create ``path`` with mode 0600 from the first byte; FileExistsError if present."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     _write_private(tmp, content)
     try:
