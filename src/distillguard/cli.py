@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "distillguard.telemetry.cli",
     "distillguard.watermark.cli",
     "distillguard.detection.cli",
+    "distillguard.detection.worker",
     "distillguard.distill.cli",
     "distillguard.forensics.cli",
     "distillguard.simulate.cli",

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+_SCHEMA_LOCK_ID = 0x64676370  # "dgcp"
 CHECKPOINT_FILE = "detection.db"
 # Attributes of DetectionPipeline that are configuration, models, locks or caches that a
 # restart rebuilds; everything else is state and is checkpointed.
@@ -129,10 +130,13 @@ class CheckpointStore:
             import psycopg
 
             self._conn: Any = psycopg.connect(postgres_dsn, autocommit=True)
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS detection_checkpoints (name text PRIMARY KEY, "
-                "position bigint NOT NULL, saved_at double precision NOT NULL, "
-                "state bytea NOT NULL)")
+            with self._conn.transaction():
+                # Workers starting at once would race CREATE TABLE IF NOT EXISTS.
+                self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS detection_checkpoints (name text PRIMARY "
+                    "KEY, position bigint NOT NULL, saved_at double precision NOT NULL, "
+                    "state bytea NOT NULL)")
             self._mark = "%s"
         else:
             self._conn = sqlite3.connect(sqlite_path, timeout=5, isolation_level=None,

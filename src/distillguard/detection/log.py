@@ -23,14 +23,26 @@ class StoreLog:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.last_head = 0
 
     def read(self, after: int, limit: int) -> list[tuple[int, RequestEvent]]:
         """Up to ``limit`` (position, event) pairs after ``after``, in log order."""
         return self.store.events_after(after, limit)
 
     def head(self) -> int:
-        """The position of the newest event in the log."""
-        return self.store.last_event_id()
+        """The position of the newest event in the log (remembered for ``backlog``)."""
+        self.last_head = self.store.last_event_id()
+        return self.last_head
+
+    def backlog(self, position: int) -> int:
+        """Events after ``position`` as of the last ``head``."""
+        return max(0, self.last_head - position)
+
+    def start(self, position: int) -> None:
+        """Resume after ``position``: nothing to set up, reads name their position."""
+
+    def committed(self, position: int) -> None:
+        """A checkpoint holds everything up to ``position``: the store keeps no cursor."""
 
     def warmup_start(self, now: float, warmup_s: float, warmup_events: int) -> int:
         """Where a cold start begins reading: the later of ``warmup_s`` seconds before

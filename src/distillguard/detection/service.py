@@ -66,7 +66,6 @@ class DetectionRunner:
         self.rounds = 0
         self.checkpointed_at: float | None = None
         self.checkpointed_position = -1
-        self.head = 0
         self.last_event_ts: float | None = None
         self._lock = threading.RLock()
 
@@ -94,6 +93,7 @@ class DetectionRunner:
                     log.warning("detection checkpoint %r not restored (%s); warming up "
                                 "from the log instead", self.name, exc)
                 else:
+                    self.log.start(self.position)
                     self.checkpointed_position = self.position
                     self.checkpointed_at = saved.saved_at
                     note = (f"detection {self.name}: resumed from the checkpoint at log "
@@ -103,10 +103,11 @@ class DetectionRunner:
                     return note
             self.position = self.log.warmup_start(self.clock(), self.warmup_s,
                                                   self.warmup_events)
-            self.head = self.log.head()
+            head = self.log.head()
+            size = f"{head - self.position} events, " if head >= self.position else ""
             note = (f"detection {self.name}: no checkpoint; warming up from log position "
-                    f"{self.position} ({self.head - self.position} events, bounded by the "
-                    f"last {self.warmup_s / 3600:g} h and {self.warmup_events} events)")
+                    f"{self.position} ({size}bounded by the last {self.warmup_s / 3600:g} h "
+                    f"and {self.warmup_events} events)")
             log.info(note)
             return note
 
@@ -116,7 +117,6 @@ class DetectionRunner:
         with self._lock:
             records = self.log.read(self.position, self.batch)
             if not records:
-                self.head = max(self.head, self.position)
                 return 0
             self.pipeline.observe_many([event for _, event in records])
             self.position = records[-1][0]
@@ -131,7 +131,7 @@ class DetectionRunner:
         deadline = None if budget_s is None else time.monotonic() + budget_s
         total = 0
         with self._lock:
-            self.head = self.log.head()
+            self.log.head()
         while True:
             n = self.step()
             total += n
@@ -156,13 +156,14 @@ class DetectionRunner:
             with self.pipeline._lock:
                 blob = dump_state(self.pipeline, self.position)
             self.checkpoints.save(self.name, self.position, blob)
+            self.log.committed(self.position)
             self.checkpointed_position = self.position
             self.checkpointed_at = time.time()
             return True
 
     def backlog(self) -> int:
-        """Events in the log that detection has not read (as of the last look at the head)."""
-        return max(0, self.head - self.position)
+        """Events in the log that detection has not read (as of its last read)."""
+        return self.log.backlog(self.position)
 
     def lag_seconds(self) -> float:
         """How far behind detection is: the age of the newest event it observed, while

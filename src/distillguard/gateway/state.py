@@ -89,6 +89,7 @@ class Gateway:
         self.policy: Any = None
         self.detection: Any = None
         self.runner: Any = None  # DetectionRunner: detection's reader of the event log
+        self._nats: Any = None  # NatsLink when event_stream = nats
         self._detect_task: asyncio.Task | None = None
         self._owns_store = store is None
         self._pending_tokens: set[asyncio.Task] = set()
@@ -102,7 +103,15 @@ class Gateway:
         if self.store is None:
             self.store = await asyncio.to_thread(open_store, settings)
         self.keys = KeyCache(self.store, ttl=settings.key_cache_ttl)
-        self.writer = EventWriter.from_settings(self.store, settings)
+        log_store = self.store
+        if settings.event_stream == "nats":
+            # The writer publishes each committed batch to JetStream for detect workers.
+            from distillguard.detection.jetstream import NatsLink, PublishingStore
+
+            self._nats = await asyncio.to_thread(NatsLink, settings.nats_url.reveal())
+            log_store = await asyncio.to_thread(PublishingStore, self.store, self._nats,
+                                                settings)
+        self.writer = EventWriter.from_settings(log_store, settings)
         if settings.rate_limit_rpm or settings.rate_limit_tpm:
             from distillguard.policy.ratelimit import RateLimiter, open_rate_store
 
@@ -180,6 +189,8 @@ class Gateway:
             await self.limiter.close()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
+        if self._nats is not None:
+            await asyncio.to_thread(self._nats.close)
         if self.runner is not None:
             # Read what the writer just wrote, so the last checkpoint covers it all.
             await asyncio.to_thread(self.runner.catch_up, 5.0)

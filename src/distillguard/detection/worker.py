@@ -1,0 +1,235 @@
+"""``distillguard detect``: detection as its own service, fed by any number of gateways.
+
+Gateways run with ``detection_mode = external`` and only read the shared policy store;
+this service writes actions to it.
+
+- ``event_stream = ""``: one worker tails the shared store (PostgreSQL) by id, as
+  ``serve`` does in-process, and runs the rules itself.
+- ``event_stream = nats``: each worker reads its partitions of the JetStream event stream
+  (``--partitions``; by default all of them), one pipeline per partition, and
+  checkpoints each partition's state every ``detection_interval``. The campaign job
+  (``--campaign-job``; by default in the worker that reads partition 0) merges the
+  partitions' latest checkpoints into one view of every account, computes population
+  baselines and campaigns over all of them and applies the policy rules. So the
+  cross-account job sees every account's profile, and an account's own signals are
+  scored against the whole population, not against its partition.
+
+A worker killed with ``kill -9`` loses only what it observed since its checkpoints; a
+replacement started with the same partitions restores them and reads the rest again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from distillguard.detection.checkpoint import CheckpointError, CheckpointStore, load_state
+from distillguard.detection.service import DetectionRunner
+
+if TYPE_CHECKING:
+    from distillguard.config import Settings
+    from distillguard.detection.pipeline import DetectionPipeline
+    from distillguard.policy.engine import PolicyEngine
+
+log = logging.getLogger("distillguard.detection")
+
+
+def partition_name(partition: int) -> str:
+    """The checkpoint name of a partition's state."""
+    return f"partition-{partition}"
+
+
+class CampaignJob:
+    """Merges every partition's checkpointed accounts into one pipeline and runs the
+    periodic job (baselines, campaigns, rules) over all of them."""
+
+    def __init__(self, pipeline: DetectionPipeline, checkpoints: CheckpointStore,
+                 partitions: int, policy: PolicyEngine | None) -> None:
+        self.pipeline = pipeline
+        self.checkpoints = checkpoints
+        self.partitions = partitions
+        self.policy = policy
+        self._loaded: dict[str, tuple[int, float]] = {}
+        self._accounts: dict[str, Any] = {}
+        self.rounds = 0
+
+    def reload(self) -> int:
+        """Load the partitions whose checkpoint moved; returns how many did."""
+        positions = self.checkpoints.positions()
+        moved = 0
+        for p in range(self.partitions):
+            name = partition_name(p)
+            if name not in positions or positions[name] == self._loaded.get(name):
+                continue
+            saved = self.checkpoints.load(name)
+            if saved is None:
+                continue
+            try:
+                _, state = load_state(saved.blob, self.pipeline)
+            except CheckpointError as exc:
+                log.warning("campaign job: checkpoint %s skipped (%s)", name, exc)
+                continue
+            self._accounts[name] = state.get("_accounts", {})
+            self._loaded[name] = (saved.position, saved.saved_at)
+            moved += 1
+        if moved:
+            merged: OrderedDict[str, Any] = OrderedDict()
+            for accounts in self._accounts.values():
+                merged.update(accounts)
+            with self.pipeline._lock:
+                self.pipeline._accounts = merged
+        return moved
+
+    def round(self) -> list[Any]:
+        """Reload, refresh over every account, apply the rules; returns actions set."""
+        self.reload()
+        self.pipeline.refresh()
+        self.rounds += 1
+        return self.policy.evaluate(self.pipeline) if self.policy is not None else []
+
+
+def _pipeline(settings: Settings, store: Any, embedder: Any) -> DetectionPipeline:
+    from distillguard.detection.pipeline import DetectionPipeline
+
+    topic_map = None
+    if embedder is not None:
+        from distillguard.detection.topics import load_topic_map
+
+        topic_map = load_topic_map()
+    return DetectionPipeline(settings, embedder=embedder, topic_map=topic_map, store=store)
+
+
+def _embedder(settings: Settings) -> Any:
+    if not settings.detection_embeddings:
+        return None
+    from distillguard.detection.embedder import CachedEmbedder, MiniLMEmbedder
+
+    return CachedEmbedder(MiniLMEmbedder(), max_entries=settings.detection_embedding_cache)
+
+
+class Worker:
+    """One ``distillguard detect`` process: its runners, their checkpoints, maybe the
+    campaign job, on one loop until ``stop``."""
+
+    def __init__(self, settings: Settings, *, partitions: list[int] | None = None,
+                 campaign_job: bool | None = None) -> None:
+        from distillguard.policy.engine import PolicyEngine
+        from distillguard.telemetry.store import open_store
+
+        self.settings = settings
+        self.store = open_store(settings)
+        self.policy = PolicyEngine.from_settings(settings)
+        self.checkpoints = CheckpointStore.from_settings(settings)
+        self.link: Any = None
+        self.runners: list[DetectionRunner] = []
+        self.job: CampaignJob | None = None
+        self._stop = threading.Event()
+        embedder = _embedder(settings)
+        warm = {"warmup_s": settings.detection_warmup_hours * 3600.0,
+                "warmup_events": settings.detection_warmup_events}
+        if settings.event_stream == "nats":
+            from distillguard.detection.jetstream import JetStreamPartitionLog, NatsLink
+
+            total = settings.detection_partitions
+            mine = list(range(total)) if partitions is None else partitions
+            bad = [p for p in mine if not 0 <= p < total]
+            if bad:
+                raise ValueError(f"--partitions: {bad} outside 0..{total - 1} "
+                                 f"(detection_partitions = {total})")
+            self.link = NatsLink(settings.nats_url.reveal(), name="distillguard-detect")
+            for p in mine:
+                self.runners.append(DetectionRunner(
+                    _pipeline(settings, self.store, embedder),
+                    JetStreamPartitionLog(self.link, settings, p),
+                    checkpoints=self.checkpoints, name=partition_name(p), **warm))
+            if campaign_job if campaign_job is not None else 0 in mine:
+                self.job = CampaignJob(_pipeline(settings, self.store, None),
+                                       self.checkpoints, total, self.policy)
+        else:
+            from distillguard.detection.log import StoreLog
+
+            self.runners.append(DetectionRunner(
+                _pipeline(settings, self.store, embedder), StoreLog(self.store),
+                policy=self.policy, checkpoints=self.checkpoints, name="service", **warm))
+
+    def stop(self) -> None:
+        """Ask the loop to finish (a last checkpoint is taken)."""
+        self._stop.set()
+
+    def run(self, duration: float | None = None) -> None:
+        """Read, checkpoint and run rounds until ``stop`` (or ``duration`` seconds)."""
+        for r in self.runners:
+            print(r.resume(), flush=True)
+        interval = self.settings.detection_interval
+        # Partition state is what the campaign job reads: checkpoint it every round.
+        checkpoint_every = (interval if self.job is not None or self.link is not None
+                            else self.settings.detection_checkpoint_interval)
+        end = None if duration is None else time.monotonic() + duration
+        next_round = next_checkpoint = time.monotonic() + interval
+        next_report = time.monotonic() + 30.0
+        try:
+            while not self._stop.is_set() and (end is None or time.monotonic() < end):
+                read = sum(r.catch_up(interval) for r in self.runners)
+                now = time.monotonic()
+                if now >= next_checkpoint:
+                    for r in self.runners:
+                        r.checkpoint()
+                    next_checkpoint = now + checkpoint_every
+                if now >= next_round:
+                    if self.job is not None:
+                        self.job.round()
+                    elif self.link is None:
+                        self.runners[0].round()
+                    next_round = time.monotonic() + interval
+                if now >= next_report:
+                    next_report = now + 30.0
+                    log.info("detect: %s", "; ".join(
+                        f"{r.name} at {r.position}, backlog {r.backlog()}, lag "
+                        f"{r.lag_seconds():.1f} s" for r in self.runners))
+                if not read and self.link is None:
+                    self._stop.wait(0.1)  # JetStream's fetch already waited
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Last checkpoints, then release everything."""
+        for r in self.runners:
+            try:
+                r.checkpoint()
+            except Exception:  # noqa: BLE001 - still release the rest
+                log.exception("last checkpoint of %s failed", r.name)
+        self.checkpoints.close()
+        if self.link is not None:
+            self.link.close()
+        self.policy.close()
+        self.store.close()
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    settings: Settings = args.settings
+    partitions = None
+    if args.partitions:
+        partitions = [int(p) for p in args.partitions.split(",") if p.strip()]
+    worker = Worker(settings, partitions=partitions, campaign_job=args.campaign_job)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    worker.run(duration=args.duration)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """The ``detect`` command."""
+    p = sub.add_parser("detect", help="run detection as its own service (gateways with "
+                       "detection_mode = external feed it)")
+    p.add_argument("--partitions", help="comma-separated partitions of the event stream "
+                   "this worker reads (event_stream = nats; default: all)")
+    p.add_argument("--campaign-job", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the cross-account job and the rules here (default: in the "
+                   "worker that reads partition 0)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(func=_cmd_detect)
