@@ -24,6 +24,25 @@ PG_BASE_DSN = os.environ.get(
 )
 
 
+@pytest.fixture(autouse=True)
+def _registries_left_as_found() -> Iterator[None]:
+    """Fail a test that leaves an entry in a registry (use ``Registry.temporarily``)."""
+    from distillguard.backends.base import BACKENDS
+    from distillguard.detection.signals import SIGNALS
+    from distillguard.policy.ratelimit import RATE_STORES
+    from distillguard.simulate.populations import POPULATIONS
+    from distillguard.telemetry.store import STORES
+    from distillguard.watermark.registry import SCHEMES
+
+    registries = (BACKENDS, STORES, RATE_STORES, SIGNALS, SCHEMES, POPULATIONS)
+    # names() loads the built-ins and entry points first, so only what the test adds shows.
+    before = [frozenset(r.names()) for r in registries]
+    yield
+    for registry, names in zip(registries, before):
+        extra = registry.registered_so_far() - names
+        assert not extra, f"test left {sorted(extra)} in the {registry.kind} registry"
+
+
 @pytest.fixture
 def pg_dsn() -> Iterator[str]:
     """A PostgreSQL DSN whose search_path is a fresh schema, dropped after the test."""

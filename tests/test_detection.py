@@ -11,7 +11,13 @@ import pytest
 from distillguard.detection.elicitation import EXEMPLARS
 from distillguard.detection.embedder import CachedEmbedder
 from distillguard.detection.pipeline import DetectionPipeline
-from distillguard.detection.signals import Signal, create_signal, register_signal, signal_names
+from distillguard.detection.signals import (
+    SIGNALS,
+    Signal,
+    create_signal,
+    register_signal,
+    signal_names,
+)
 from distillguard.detection.text import skeleton_words, template_bands
 from distillguard.telemetry.events import RequestEvent
 
@@ -82,7 +88,6 @@ def test_every_registered_signal_loads_and_reports():
 
 
 def test_third_party_signal_registers_like_builtins():
-    @register_signal
     class Weekend:
         name = "test_weekend"
         group = "automation"
@@ -96,9 +101,12 @@ def test_third_party_signal_registers_like_builtins():
         def strength(self, value, baseline): return 0.0
         def explain(self, value, baseline): return f"{value} events"
 
-    assert "test_weekend" in signal_names()
-    with pytest.raises(ValueError):
-        register_signal(type("Other", (), {"name": "test_weekend"}))
+    with SIGNALS.temporarily("test_weekend", Weekend):
+        assert "test_weekend" in signal_names()
+        assert create_signal("test_weekend").explain(3.0, None) == "3.0 events"
+        with pytest.raises(ValueError, match="already registered"):
+            register_signal(type("Other", (), {"name": "test_weekend"}))
+    assert "test_weekend" not in signal_names()
 
 
 def test_templates_match_after_masking_numbers_names_quotes():

@@ -123,7 +123,7 @@ def _store_names() -> list[str]:
 def _rate_store_names() -> list[str]:
     from distillguard.policy.ratelimit import RATE_STORES
 
-    return sorted(RATE_STORES)
+    return RATE_STORES.names()
 
 
 def _scheme_names() -> list[str]:

@@ -26,8 +26,11 @@ from typing import Generic, TypeVar, cast
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
-    """An unknown name, a taken name, or an entry that cannot be imported."""
+class RegistryError(KeyError, ValueError):
+    """An unknown name, a taken name, or an entry that cannot be imported.
+
+    Both a KeyError (a lookup failed) and a ValueError (a bad name was given), so callers
+    of the registries this replaced keep catching what they caught."""
 
     def __str__(self) -> str:
         # KeyError's str() is the repr of its argument; these messages are for people.
@@ -58,17 +61,20 @@ def _import_path(path: str) -> object:
 class Registry(Generic[T]):
     """Entries of one kind by name, with third-party entries from ``group``.
 
-    ``kind`` names the entries in messages ("backend", "store"). ``missing_extra`` maps
-    an entry name to the pip extra that provides its dependencies, so that an import
-    error says what to install.
+    ``kind`` names the entries in messages ("backend", "store"). ``builtins`` is a module
+    whose import registers the built-in entries (decorators at class definitions); it is
+    imported on the first lookup. ``missing_extra`` maps an entry name to the pip extra
+    that provides its dependencies, so that an import error says what to install.
     """
 
-    def __init__(self, kind: str, group: str | None = None, *,
+    def __init__(self, kind: str, group: str | None = None, *, builtins: str | None = None,
                  missing_extra: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.group = group
         self._entries: dict[str, T | _Lazy] = {}
-        self._entry_points_read = group is None
+        self._builtins = builtins
+        self._entry_points_read = False
+        self._plugin_names: set[str] = set()
         self._missing_extra = dict(missing_extra or {})
 
     def register(self, name: str, entry: T) -> T:
@@ -98,6 +104,11 @@ class Registry(Generic[T]):
         """Every registered name, built-in and from installed packages, sorted."""
         self._read_entry_points()
         return sorted(self._entries)
+
+    def registered_so_far(self) -> frozenset[str]:
+        """The names registered until now, importing and reading nothing (for checks that
+        a test left the registry as it found it)."""
+        return frozenset(self._entries)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -152,8 +163,11 @@ class Registry(Generic[T]):
     def _read_entry_points(self) -> None:
         if self._entry_points_read:
             return
+        if self._builtins is not None:
+            importlib.import_module(self._builtins)
         self._entry_points_read = True
-        assert self.group is not None
+        if self.group is None:
+            return
         for point in importlib.metadata.entry_points(group=self.group):
             if point.name in self._entries:
                 # A built-in name wins; a plugin cannot take it over by installing.
@@ -163,10 +177,12 @@ class Registry(Generic[T]):
             if dist is not None:
                 origin += f" of {dist.name}"
             self._entries[point.name] = _Lazy(point.value, origin)
+            self._plugin_names.add(point.name)
 
     def reload_entry_points(self) -> None:
         """Read the entry-point group again (after installing a package at run time)."""
-        self._entries = {k: v for k, v in self._entries.items()
-                         if not (isinstance(v, _Lazy) and v.origin != "distillguard")}
-        self._entry_points_read = self.group is None
+        for name in self._plugin_names:
+            self._entries.pop(name, None)
+        self._plugin_names.clear()
+        self._entry_points_read = False
         self._read_entry_points()

@@ -19,9 +19,10 @@ Built-in signals register in ``detection.builtin`` exactly as a third-party one 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from distillguard.registry import Registry, RegistryError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,8 +105,10 @@ class Signal(Protocol):
 
 
 SignalFactory = Callable[["Settings | None"], Signal]
-_REGISTRY: dict[str, SignalFactory] = {}
-_BUILTINS_LOADED = False
+# Built-ins register when ``detection.builtin`` is imported (on the first lookup); other
+# packages through the ``distillguard.signals`` entry-point group.
+SIGNALS: Registry[SignalFactory] = Registry("signal", "distillguard.signals",
+                                            builtins="distillguard.detection.builtin")
 
 
 def register_signal(factory: Any) -> Any:
@@ -114,36 +117,27 @@ def register_signal(factory: Any) -> Any:
     Usable as a class decorator. Registering a taken name is an error, so two plugins
     never silently replace each other.
     """
+    return SIGNALS.register(_signal_name(factory), factory)
+
+
+def _signal_name(factory: Any) -> str:
     name = getattr(factory, "name", None)
     if not isinstance(name, str) or not name:
         raise ValueError("a signal needs a non-empty string attribute 'name'")
-    if name in _REGISTRY and _REGISTRY[name] is not factory:
-        raise ValueError(f"a signal named {name!r} is already registered")
-    _REGISTRY[name] = factory
-    return factory
-
-
-def _load_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        importlib.import_module("distillguard.detection.builtin")
+    return name
 
 
 def signal_names() -> list[str]:
     """Names of every registered signal, built-in and third-party."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return SIGNALS.names()
 
 
 def create_signal(name: str, settings: Settings | None = None) -> Signal:
     """An instance of the signal registered as ``name``; KeyError names the choices."""
-    _load_builtins()
     try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"no signal named {name!r}; registered: "
-                       f"{', '.join(sorted(_REGISTRY))}") from None
+        factory = SIGNALS.get(name)
+    except RegistryError as exc:
+        raise KeyError(str(exc)) from None
     signal = factory(settings)
     if signal.group not in GROUPS:
         raise ValueError(f"signal {name!r} has group {signal.group!r}, not one of {GROUPS}")

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from distillguard.config import Settings, SettingsError
+from distillguard.registry import Registry, RegistryError
 
 Clock = Callable[[], float]
 
@@ -275,19 +276,20 @@ def _redis_from_settings(settings: Settings) -> RateStore:
     return RedisRateStore(settings.redis_url.reveal(), prefix=settings.redis_key_prefix)
 
 
-RATE_STORES: dict[str, Callable[[Settings], RateStore]] = {
-    "memory": _memory_from_settings,
-    "redis": _redis_from_settings,
-}
+# Other packages add rate stores through the ``distillguard.rate_stores`` entry-point group.
+RATE_STORES: Registry[Callable[[Settings], RateStore]] = Registry(
+    "rate store", "distillguard.rate_stores")
+RATE_STORES.register("memory", _memory_from_settings)
+RATE_STORES.register("redis", _redis_from_settings)
 
 
 def open_rate_store(settings: Settings) -> RateStore:
     """The store named by the ``rate_store`` setting."""
     try:
-        factory = RATE_STORES[settings.rate_store]
-    except KeyError:
+        factory = RATE_STORES.get(settings.rate_store)
+    except RegistryError:
         raise SettingsError(f"setting 'rate_store': unknown store {settings.rate_store!r}; "
-                            f"choose one of {', '.join(sorted(RATE_STORES))}") from None
+                            f"choose one of {', '.join(RATE_STORES.names())}") from None
     return factory(settings)
 
 

@@ -284,14 +284,8 @@ class PostgresActionStore(_Reads):
         self._conn.close()
 
 
-ACTION_STORES = {"sqlite": SQLiteActionStore, "postgres": PostgresActionStore}
-
-
 def open_action_store(settings: Settings) -> ActionStore:
-    """The action store that ``settings.store`` names."""
-    try:
-        cls = ACTION_STORES[settings.store]
-    except KeyError:
-        raise SettingsError(f"setting 'store': no action store named {settings.store!r}; "
-                            f"choose one of {', '.join(sorted(ACTION_STORES))}") from None
-    return cls.from_settings(settings)  # type: ignore[attr-defined]
+    """The action store of the store bundle that ``settings.store`` names."""
+    from distillguard.telemetry.store import store_bundle
+
+    return store_bundle(settings).open_actions(settings)

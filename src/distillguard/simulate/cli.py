@@ -49,7 +49,7 @@ def _list() -> int:
         print(f"  {name}{held}: {sc.description}")
     print("population kinds ([[population]] kind = / [[campaign]] strategy =):")
     for kind in population_kinds():
-        cls = POPULATIONS[kind]
+        cls = POPULATIONS.get(kind)
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params))
         print(f"  {kind} ({cls.label}): {fields}")
     return 0

@@ -16,6 +16,7 @@ import random
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+from distillguard.registry import Registry
 from distillguard.simulate.corpus import conversations
 from distillguard.simulate.traffic import (
     BROWSERS,
@@ -119,22 +120,20 @@ class Population(abc.ABC):
         return f"{self.name}-{i:05d}"
 
 
-POPULATIONS: dict[str, type[Population]] = {}
+# Benign kinds register below, attack strategies in ``strategies`` (imported on the first
+# lookup), other packages' through the ``distillguard.strategies`` entry-point group.
+POPULATIONS: Registry[type[Population]] = Registry(
+    "population kind", "distillguard.strategies", builtins="distillguard.simulate.strategies")
 
 
 def register(cls: type[Population]) -> type[Population]:
     """Class decorator: make ``cls`` available to scenarios under ``cls.kind``."""
-    if cls.kind in POPULATIONS:
-        raise ValueError(f"population kind {cls.kind!r} is registered twice")
-    POPULATIONS[cls.kind] = cls
-    return cls
+    return POPULATIONS.register(cls.kind, cls)
 
 
 def population_kinds() -> list[str]:
     """Registered population kinds (benign, heavy and attack strategies)."""
-    import distillguard.simulate.strategies  # noqa: F401  (registers the attackers)
-
-    return sorted(POPULATIONS)
+    return POPULATIONS.names()
 
 
 def create_population(kind: str, name: str, table: dict[str, Any], world: World,
@@ -142,11 +141,10 @@ def create_population(kind: str, name: str, table: dict[str, Any], world: World,
     """Build a registered population from its scenario table; ScenarioError if wrong."""
     from distillguard.policy.rules import parse_duration
 
-    population_kinds()
-    cls = POPULATIONS.get(kind)
-    if cls is None:
+    if kind not in POPULATIONS:
         raise ScenarioError(f"{where}: unknown kind {kind!r}; known: "
-                            f"{', '.join(sorted(POPULATIONS))}")
+                            f"{', '.join(population_kinds())}")
+    cls = POPULATIONS.get(kind)
     fields = {f.name: f for f in dataclasses.fields(cls.Params)}
     extra = set(table) - set(fields)
     if extra:

@@ -88,7 +88,7 @@ class Scenario:
         pops = []
         for kind, name, params, where in self.tables:
             params = dict(params)
-            cls = POPULATIONS[kind]
+            cls = POPULATIONS.get(kind)
             if scale != 1.0 and params.get("accounts", 1) > 1:
                 floor = 3 if cls.label == "attack" else 1
                 params["accounts"] = max(floor, int(round(params["accounts"] * scale)))
@@ -168,10 +168,10 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
                                     f"{', '.join(population_kinds())}")
             params = dict(item)
             kind = params.pop(key)
-            cls = POPULATIONS.get(kind)
-            if cls is None:
+            if kind not in POPULATIONS:
                 raise ScenarioError(f"{where}: unknown {key} {kind!r}; known: "
                                     f"{', '.join(population_kinds())}")
+            cls = POPULATIONS.get(kind)
             if (section == "campaign") != (cls.label == "attack"):
                 use = ("an attack strategy: use [[campaign]]" if cls.label == "attack"
                        else "not an attack strategy: use [[population]]")

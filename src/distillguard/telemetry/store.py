@@ -6,19 +6,23 @@ batches by ``EventWriter``, read by detection and export). The interface is sync
 the gateway calls cheap reads from the event loop and everything else from threads.
 
 Stores: ``sqlite`` (default; files under ``settings.data_path``) and ``postgres`` (at
-``settings.postgres_dsn``). ``open_store(settings)`` picks one by ``settings.store``.
+``settings.postgres_dsn``), each a ``StoreBundle`` in ``STORES`` that also opens the
+policy action store. ``open_store(settings)`` picks one by ``settings.store``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 from distillguard.config import SettingsError
+from distillguard.registry import Registry, RegistryError
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
+    from distillguard.policy.store import ActionStore
     from distillguard.telemetry.events import RequestEvent
     from distillguard.telemetry.keys import Account, KeyRecord
 
@@ -126,38 +130,73 @@ class Store(Protocol):
         ...
 
 
-# name -> "module:attribute" of a factory ``(settings) -> Store``. Modules load lazily so
-# that the postgres driver (an optional dependency) is imported only when it is used.
-_REGISTRY: dict[str, str] = {
-    "sqlite": "distillguard.telemetry.sqlite_store:SQLiteStore.from_settings",
-    "postgres": "distillguard.telemetry.postgres_store:PostgresStore.from_settings",
-}
+@dataclasses.dataclass(frozen=True)
+class StoreBundle:
+    """What one ``store`` name provides: the event store (accounts, keys and request
+    events, one ``Store``) and the policy action store.
+
+    Each is a ``"module:attribute"`` path of a factory ``(settings) -> store``, imported
+    when it is opened, so that a database driver (an optional dependency) is imported
+    only when it is used. ``extra`` is the pip extra that installs that driver. Rate-limit
+    counters have their own registry (``policy.ratelimit.RATE_STORES``) because the
+    ``rate_store`` setting picks them apart from this one: SQLite events with Redis
+    counters is a normal deployment.
+    """
+
+    name: str
+    events: str
+    actions: str
+    extra: str | None = None
+
+    def open_events(self, settings: Settings) -> Store:
+        """The accounts, keys and events store, its tables created if needed."""
+        return cast("Callable[[Settings], Store]", self._factory(self.events))(settings)
+
+    def open_actions(self, settings: Settings) -> ActionStore:
+        """The policy action store, its tables created if needed."""
+        factory = cast("Callable[[Settings], ActionStore]", self._factory(self.actions))
+        return factory(settings)
+
+    def _factory(self, path: str) -> object:
+        module_name, _, attr_path = path.partition(":")
+        try:
+            target: object = importlib.import_module(module_name)
+        except ImportError as exc:
+            hint = f" (pip install 'distillguard[{self.extra}]')" if self.extra else ""
+            raise SettingsError(f"store {self.name!r} needs the package {exc.name!r}, which "
+                                f"is not installed{hint}") from None
+        for attr in attr_path.split("."):
+            target = getattr(target, attr)
+        return target
+
+
+# Other packages add bundles through the ``distillguard.stores`` entry-point group (the
+# entry point names a ``StoreBundle`` object).
+STORES: Registry[StoreBundle] = Registry("store", "distillguard.stores")
+for _bundle in (
+    StoreBundle("sqlite", "distillguard.telemetry.sqlite_store:SQLiteStore.from_settings",
+                "distillguard.policy.store:SQLiteActionStore.from_settings"),
+    StoreBundle("postgres", "distillguard.telemetry.postgres_store:PostgresStore.from_settings",
+                "distillguard.policy.store:PostgresActionStore.from_settings",
+                extra="postgres"),
+):
+    STORES.register(_bundle.name, _bundle)
 
 
 def store_names() -> list[str]:
     """Names of all registered stores."""
-    return sorted(_REGISTRY)
+    return STORES.names()
 
 
-def _factory(name: str) -> Callable[[Settings], Store]:
-    module_name, _, attr_path = _REGISTRY[name].partition(":")
+def store_bundle(settings: Settings) -> StoreBundle:
+    """The bundle that ``settings.store`` names; SettingsError names the choices."""
     try:
-        target: object = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SettingsError(
-            f"store {name!r} needs the package {exc.name!r}, which is not installed "
-            f"(pip install 'distillguard[{name}]')"
-        ) from None
-    for attr in attr_path.split("."):
-        target = getattr(target, attr)
-    return target  # type: ignore[return-value]
+        return STORES.get(settings.store)
+    except RegistryError:
+        raise SettingsError(f"setting 'store': unknown store {settings.store!r}; choose one "
+                            f"of {', '.join(store_names())}") from None
 
 
 def open_store(settings: Settings) -> Store:
     """Open the store that ``settings.store`` names, creating its tables if needed."""
-    name = settings.store
-    if name not in _REGISTRY:
-        raise SettingsError(
-            f"setting 'store': unknown store {name!r}; choose one of {', '.join(store_names())}"
-        )
-    return _factory(name)(settings)
+    return store_bundle(settings).open_events(settings)
