@@ -1,4 +1,18 @@
-"""Harvest detection benchmark: throughput, memory per account, quality on synthetic streams.
+"""Harvest detection benchmark: the held-out test split, the adaptive attacker, throughput.
+
+Default run (a few minutes, replay mode, embeddings off):
+
+1. the evaluation's **test split** (``simulate.splits``: attackers and benign users written
+   apart from the calibration split, on other ShareGPT conversations), run with the
+   default rules, whose thresholds were calibrated on the calibration split only;
+   one row per campaign and the benign false-positive figures;
+2. the **adaptive attacker** (``simulate.adaptive``): a seeded search over attacker
+   parameters for the largest haul never acted on, against the detector as it stands;
+3. **scoring throughput** on the synthetic streams below, events carrying the features
+   the gateway computes (their cost per request printed apart), embeddings off unless
+   ``--embeddings`` (then cached, and the embedding cost printed apart).
+
+``--calibrate`` re-runs the calibration and rewrites ``detection/calibration.json``.
 
 Streams (simulated time, 2 hours; prompts from real ShareGPT first turns):
 - benign users: --users people, 5-60 requests each, human gaps, half multi-turn;
@@ -11,8 +25,7 @@ Streams (simulated time, 2 hours; prompts from real ShareGPT first turns):
   created in one burst, one client library, proxy addresses, a shared wrapper template,
   topics split between members, moderate max_tokens.
 Detection runs every --interval simulated seconds (refresh + policy rules), as in the
-gateway. An account is "flagged" when any throttle/challenge/degrade/block action was
-set on it. Usage: python bench/detection.py [--users 150] [--pool 300] [--no-embeddings]
+gateway. Usage: python bench/detection.py [--hours 12] [--budget 8] [--embeddings]
 """
 
 from __future__ import annotations
@@ -28,7 +41,6 @@ import tracemalloc
 from distillguard.config import Settings
 from distillguard.detection.corpus import sharegpt_first_turns
 from distillguard.detection.pipeline import DetectionPipeline
-from distillguard.policy.engine import PolicyEngine
 from distillguard.telemetry.events import RequestEvent
 from distillguard.telemetry.keys import KeyRecord
 
@@ -54,6 +66,17 @@ def ev(account, ts, prompt, out, inp, params, addr, ua, lat, i):
                         status=200, latency_ms=lat, account=account, client_addr=addr,
                         user_agent=ua, params=params, prompt=prompt, prompt_tokens=inp,
                         completion_tokens=out)
+
+
+def with_features(events):
+    """The events as the gateway records them (features from the message list); returns
+    the seconds that took, the gateway's share of the cost."""
+    from distillguard.detection.features import flat_features
+
+    start = time.perf_counter()
+    for e in events:
+        e.features = flat_features(e.prompt, e.params)
+    return time.perf_counter() - start
 
 
 def streams(prompts: list[str], users: int, rnd: random.Random, keys: Keys):
@@ -137,54 +160,51 @@ def streams(prompts: list[str], users: int, rnd: random.Random, keys: Keys):
     return events, labels
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--users", type=int, default=150, help="benign casual users")
-    ap.add_argument("--pool", type=int, default=300, help="distinct ShareGPT prompts used")
-    ap.add_argument("--interval", type=float, default=30.0, help="simulated s between runs")
-    ap.add_argument("--no-embeddings", action="store_true", help="skip MiniLM embeddings")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+def throughput(args) -> None:
     rnd = random.Random(args.seed)
     prompts = list(itertools.islice(sharegpt_first_turns(max_chars=1500), args.pool))
     keys = Keys()
     events, labels = streams(prompts, args.users, rnd, keys)
-    print(f"stream: {len(events):,} events, {len(labels)} accounts "
-          f"({sum(v == 'attack' for v in labels.values())} attackers), {args.pool} prompts")
-
+    took = with_features(events)
+    print(f"\n## Scoring throughput\nstream: {len(events):,} events, {len(labels)} accounts; "
+          f"gateway-side feature extraction {1e6 * took / len(events):.0f} us/request "
+          f"(paid once when the event is built)")
     embedder = None
-    if not args.no_embeddings:
+    if args.embeddings:
         import torch
 
         from distillguard.detection.embedder import CachedEmbedder, MiniLMEmbedder
-        from distillguard.detection.text import last_user_turn
         torch.set_num_threads(1)
         embedder = CachedEmbedder(MiniLMEmbedder())
         embedder.embed(["warm up"])
-        texts = list(dict.fromkeys(last_user_turn(e.prompt)[:1000] for e in events))
+        texts = list(dict.fromkeys(DetectionPipeline.embed_text(e, e.features)
+                                   for e in events))
         start = time.perf_counter()
         embedder.embed(texts)
         took = time.perf_counter() - start
         print(f"embedding cost (1 thread, model loaded): {len(texts)} distinct prompts in "
               f"{took:.1f} s = {len(texts) / took:.0f} prompts/s, "
-              f"{1000 * took / len(texts):.1f} ms/prompt")
-
+              f"{1000 * took / len(texts):.1f} ms/prompt (separate from scoring)")
     settings = Settings.load(env={}, data_dir=tempfile.mkdtemp())
-    # Throughput: observe only, embeddings cached, one thread.
     pipeline = DetectionPipeline(settings, embedder=embedder, store=keys)
+    if embedder is not None:  # fill the prompt cache: scoring runs on cached embeddings
+        pipeline.observe_many(events[:1])
+        for e in events:
+            pipeline._prompt_info(DetectionPipeline.embed_text(e, e.features))
+        pipeline = DetectionPipeline(settings, embedder=embedder, store=keys)
+        pipeline._info = DetectionPipeline(settings, embedder=embedder)._info
     start = time.perf_counter()
     for e in events:
         pipeline.observe(e)
     took = time.perf_counter() - start
-    print(f"scoring throughput: {len(events) / took:,.0f} events/s (observe, one thread, "
+    print(f"scoring throughput: {len(events) / took:,.0f} events/s on one core (observe, "
           f"embeddings {'cached' if embedder else 'off'})")
     start = time.perf_counter()
     campaigns = pipeline.refresh()
     print(f"periodic job (baselines + campaigns) over {len(labels)} accounts: "
           f"{1000 * (time.perf_counter() - start):.0f} ms, {len(campaigns)} campaigns")
-
     tracemalloc.start()
-    probe = DetectionPipeline(settings, embedder=embedder)
+    probe = DetectionPipeline(settings)
     before = tracemalloc.get_traced_memory()[0]
     for e in events:
         probe.observe(e)
@@ -194,63 +214,105 @@ def main() -> int:
     print(f"memory per tracked account: {(after - before) / len(labels) / 1024:.1f} KiB "
           f"(tracemalloc, prompt cache excluded)")
 
-    # Quality: replay with detection + rules every interval.
-    clock = [T0]
-    engine = PolicyEngine.from_settings(settings)
-    engine.clock = lambda: clock[0]
-    pipeline = DetectionPipeline(settings, embedder=embedder, store=keys)
-    first_action: dict[str, float] = {}
-    served: dict[str, int] = {}
-    before_action: dict[str, int] = {}
-    next_run = T0 + args.interval
-    for e in events:
-        while e.ts >= next_run:
-            clock[0] = next_run
-            pipeline.refresh()
-            for a in engine.evaluate(pipeline):
-                if a.kind != "allow":
-                    first_action.setdefault(a.account, a.created_at)
-            next_run += args.interval
-        pipeline.observe(e)
-        served[e.account] = served.get(e.account, 0) + 1
-        if e.account not in first_action:
-            before_action[e.account] = served[e.account]
-    clock[0] = next_run
-    pipeline.refresh()
-    for a in engine.evaluate(pipeline):
-        first_action.setdefault(a.account, a.created_at)
 
-    def rate(kind):
-        accts = [a for a, k in labels.items() if k == kind]
-        return sum(a in first_action for a in accts), len(accts)
+def _tokens(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
 
-    tp, n_att = rate("attack")
-    fp, n_ben = rate("benign")
-    fph, n_heavy = rate("benign-heavy")
-    print(f"TPR (attack accounts flagged): {tp}/{n_att} = {tp / n_att:.2f}")
-    print(f"FPR (benign users flagged): {fp}/{n_ben} = {fp / n_ben:.3f}; heavy legitimate "
-          f"flagged: {fph}/{n_heavy} "
-          f"{[a for a, k in labels.items() if k == 'benign-heavy' and a in first_action]}")
-    kinds = {}
-    for a in first_action:
-        act = engine.current_action(a)
-        kinds[a] = act.kind if act else "expired"
-    h = before_action.get("harvester")
-    print(f"harvester: {h} responses before its first action "
-          f"({kinds.get('harvester', 'none')}, risk {pipeline.account_risk('harvester').risk:.2f})")
-    swarm = sorted(before_action[a] for a, k in labels.items()
-                   if k == "attack" and a.startswith("swarm"))
-    caught = [a for a in labels if a.startswith("swarm") and a in first_action]
-    print(f"swarm: {len(caught)}/50 members acted on; responses before first action per "
-          f"member: median {swarm[len(swarm) // 2]}, max {swarm[-1]}, total {sum(swarm)}")
-    top = pipeline.campaigns()[:3]
-    for c in top:
-        print(f"campaign {c.campaign_id}: {len(c.members)} members, risk {c.risk:.2f}, "
-              f"evidence: {', '.join(e.kind for e in c.evidence)}")
-    for a in ("eval-harness", "rag-app", "team-key"):
-        r = pipeline.account_risk(a)
-        print(f"{a}: risk {r.risk:.2f} groups {r.groups}")
-    engine.close()
+
+def test_split(args) -> dict:
+    from distillguard.simulate.run import run_scenario
+    from distillguard.simulate.splits import build
+
+    hours = args.hours
+    m = run_scenario(build("test", duration=hours * 3600.0), progress=False)
+    days = hours / 24.0
+    print(f"\n## Test split (held out), {hours:g} h simulated, replay, default calibrated "
+          f"rules, detection every {m['scenario']['detection_interval_s']:.0f} s\n"
+          f"{m['totals']['requests']:,} requests in {m['run']['run_s']:.0f} s")
+    print("| campaign | strategy | accounts | acted on | first action after | haul before "
+          "first refusal | share of target | undetected haul / account / day |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, c in m["campaigns"].items():
+        ttfa = c["time_to_first_action_s"]
+        hb = c["haul_before_stop"]
+        undetected = c["haul_total"]["tokens"] if not c["acted"] else hb["tokens"]
+        print(f"| {name} | {c['strategy']} | {c['accounts']} | {c['members_acted']} | "
+              f"{'-' if ttfa is None else f'{ttfa / 60:.1f} min'} | {hb['responses']:,} "
+              f"responses, {_tokens(hb['tokens'])} tokens | "
+              f"{100 * hb['share_of_target']:.1f}% | "
+              f"{_tokens(undetected / c['accounts'] / days)} tokens |")
+    a, f = m["accounts"], m["benign_friction"]
+    pops = m["populations"]
+    heavy_refused = sorted(n for n, p in pops.items() if p["label"] == "heavy"
+                           and p["accounts_blocked"])
+    print(f"\nbenign accounts acted on: {a['benign_acted']} of {a['benign']} active "
+          f"({100 * a['fpr']:.2f}%): {a['benign_acted_names'][:8]}; heavy legitimate users "
+          f"refused: {heavy_refused or 'none'}; benign requests refused: "
+          f"{f['throttled'] + f['blocked']:,} of {f['requests']:,}")
+    goals = m["goals"]
+    print(f"goals: every campaign acted {goals['every_campaign_acted']}; benign FPR <= 0.1% "
+          f"{goals['benign_fpr_at_most_0.1pct']}; no heavy user blocked "
+          f"{goals['no_heavy_user_blocked']}; haul <= 1% of target: "
+          + ", ".join(f"{k} {v}" for k, v in goals["haul_before_action_at_most_1pct"].items()))
+    return m
+
+
+def adaptive(args) -> None:
+    from distillguard.simulate.adaptive import search
+
+    print(f"\n## Adaptive attacker: {args.budget} replay runs of {args.search_hours:g} h "
+          f"(random search then (1+1)-ES, seed {args.seed}), against the default rules")
+
+    def log(t) -> None:
+        p = t.params
+        print(f"  accounts {p['accounts']:>2} rpm {p['per_account_rpm']:>6.2f} cover "
+              f"{p['cover_share']:.2f} elicit {p['elicit_share']:.2f} tpl {p['template']:d} "
+              f"human {p['human_timing']:d} rot {p['rotate']:d} pivot {p['pivot']:d} "
+              f"max_tokens {p['max_tokens']:>4}: undetected {_tokens(t.haul_tokens)} tokens "
+              f"({t.haul_responses:,} responses), {t.accounts_acted}/{t.accounts} acted; "
+              f"benign acted {t.benign_acted}/{t.benign}", flush=True)
+
+    trials = search(budget=args.budget, duration=args.search_hours * 3600.0, seed=args.seed,
+                    log=log)
+    best = trials[0]
+    print(f"best adaptive attacker: {best.params}\n  undetected haul "
+          f"{_tokens(best.per_account_day)} completion tokens per account per day, "
+          f"{_tokens(best.per_account)} per verified account over {args.search_hours:g} h "
+          f"({_tokens(best.haul_tokens)} in all over {best.accounts} accounts); benign "
+          f"accounts acted on at that operating point: {best.benign_acted} of {best.benign}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hours", type=float, default=12.0, help="simulated hours of the "
+                    "test split")
+    ap.add_argument("--budget", type=int, default=8, help="adaptive attacker runs")
+    ap.add_argument("--search-hours", type=float, default=6.0, help="simulated hours per "
+                    "adaptive run")
+    ap.add_argument("--users", type=int, default=150, help="throughput stream: users")
+    ap.add_argument("--pool", type=int, default=300, help="throughput stream: prompts")
+    ap.add_argument("--embeddings", action="store_true", help="measure with MiniLM "
+                    "embeddings (cached)")
+    ap.add_argument("--only", choices=("test", "adaptive", "throughput"), default=None)
+    ap.add_argument("--calibrate", action="store_true", help="re-run the calibration split "
+                    "and rewrite detection/calibration.json, then stop")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.calibrate:
+        import json
+
+        from distillguard.detection.calibration import calibrate, save_calibration
+
+        data = calibrate()
+        print(json.dumps(data, indent=1))
+        print(f"written to {save_calibration(data)}")
+        return 0
+    if args.only in (None, "test"):
+        test_split(args)
+    if args.only in (None, "adaptive"):
+        adaptive(args)
+    if args.only in (None, "throughput"):
+        throughput(args)
     return 0
 
 

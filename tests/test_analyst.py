@@ -11,6 +11,7 @@ from conftest import ADMIN_TOKEN
 from distillguard.detection.pipeline import DetectionPipeline
 from distillguard.gateway import analyst
 from distillguard.policy.engine import PolicyEngine
+from distillguard.policy.rules import DEFAULT_RULES
 from test_detection import harvester, population
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -38,7 +39,8 @@ async def test_accounts_ranked_by_risk_with_reasons(harness):
         r = await client.get("/admin/risk", params={"limit": 5})
         assert r.status_code == 200
         top = r.json()["data"][0]
-        assert top["account"] == "harvest" and top["risk"] >= 0.8
+        block = next(r for r in DEFAULT_RULES if r.name == "block-harvester").min_risk
+        assert top["account"] == "harvest" and top["risk"] >= block
         assert any("population median" in x["message"] for x in top["reasons"])
         detail = (await client.get("/admin/accounts/harvest")).json()
         signals = {s["signal"]: s for s in detail["signals"]}

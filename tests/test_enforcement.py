@@ -30,7 +30,12 @@ async def _drain(gateway) -> None:
 
 
 async def test_harvester_is_stopped_and_a_normal_user_is_not(harness_factory):
-    harness = await harness_factory(detection_interval=3600, max_tokens_limit=512)
+    from distillguard.backends.echo import EchoBackend
+
+    # A model answers a chain-of-thought task at length: 400 words per choice here.
+    # (Detection measures what is taken, so a harvest answered in 16 words is no harvest.)
+    harness = await harness_factory(detection_interval=3600, max_tokens_limit=512,
+                                    backend=EchoBackend(tokens=400))
     harvester = harness.sdk(harness.key("harvester"))
     normal = harness.sdk(harness.key("normal"))
     rng = random.Random(7)

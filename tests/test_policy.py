@@ -10,7 +10,7 @@ import pytest
 from distillguard.config import Settings, SettingsError
 from distillguard.policy.degrade import strip_reasoning
 from distillguard.policy.engine import PolicyEngine
-from distillguard.policy.rules import DEFAULT_RULES, load_rules
+from distillguard.policy.rules import DEFAULT_RULES, FIXED_RULES, load_rules
 from distillguard.policy.store import open_action_store
 from test_detection import harvester, population, run
 
@@ -212,6 +212,7 @@ class _SlowPipeline:
 def test_rule_throttle_binds_an_account_that_is_slow_already(engine, clock):
     # throttle-suspect (rate_factor 0.2) on an account sending 1 request a minute:
     # a fixed 0.2 x 60 = 12 rpm would not slow it down at all; 0.2 x its own rate does.
+    engine.rules = list(FIXED_RULES)  # the uncalibrated rules hold the throttle
     engine.base_rpm = 60.0
     [action] = engine.evaluate(_SlowPipeline(0.65, 1.0))
     assert action.kind == "throttle"
@@ -225,6 +226,7 @@ def test_rule_throttle_binds_an_account_that_is_slow_already(engine, clock):
 
 
 def test_absolute_throttle_when_relative_is_off(engine):
+    engine.rules = list(FIXED_RULES)
     engine.base_rpm = 60.0
     engine.relative_throttle = False
     [action] = engine.evaluate(_SlowPipeline(0.65, 1.0))

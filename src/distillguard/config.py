@@ -266,6 +266,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(detection can fall this far behind, or be down this long, and catch up).",
             above=0),
     # --- end durable detection settings ---
+    # --- detq settings (issue 13: baselines, calibrated rules) ---
+    Setting("detection_baseline_min_accounts", int, 20, "Accounts with enough events the "
+            "live population needs before its baselines replace the priors shipped with "
+            "the package (built from real ShareGPT traffic); reasons name the one used."),
+    # --- end detq settings ---
     # --- watermark settings (watermark engineer edits only this block) ---
     Setting("watermark_scheme", str, "greenlist", "Watermark embedded in every generated "
             "response: `greenlist` (Kirchenbauer et al.), `exponential` (distortion-free "

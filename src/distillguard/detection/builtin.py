@@ -59,6 +59,10 @@ class _Ratio(_Builtin):
     def new_state(self) -> list[int]:
         return [0, 0]  # hits, requests
 
+    def merge(self, states: list[Any]) -> Any:
+        """Pooled state of several accounts: counts add up."""
+        return [sum(s[0] for s in states), sum(s[1] for s in states)]
+
     def value(self, state: list[int]) -> float | None:
         return state[0] / state[1] if state[1] >= self.min_requests else None
 
@@ -146,6 +150,7 @@ class IdenticalParamsSignal(_Ratio):
     lo, hi = 0.9, 1.0
     description = "share of requests with exactly the account's most common parameters"
     min_requests = 20
+    merge = None  # a table of parameter keys: no pooled meaning
 
     def new_state(self) -> list[Any]:
         # [requests, {params key: count}] with at most 8 keys (Misra-Gries summary).
@@ -253,6 +258,10 @@ class TemplatingSignal(_Ratio):
     def new_state(self) -> list[Any]:
         return [0, 0, set()]  # reused, prompts, bands seen
 
+    def merge(self, states: list[Any]) -> Any:
+        """Pooled: reuse counts add up (sharing across members is campaign evidence)."""
+        return [sum(s[0] for s in states), sum(s[1] for s in states), set()]
+
     def observe(self, state: list[Any], f: EventFeatures) -> None:
         if not f.bands:
             return
@@ -334,6 +343,10 @@ class OutputRatioSignal(_Builtin):
 
     def new_state(self) -> list[int]:
         return [0, 0, 0]  # prompt tokens, completion tokens, requests
+
+    def merge(self, states: list[Any]) -> Any:
+        """Pooled: token counts add up."""
+        return [sum(s[i] for s in states) for i in range(3)]
 
     def observe(self, state: list[int], f: EventFeatures) -> None:
         if f.ok:
@@ -453,6 +466,13 @@ class _Rate(_Builtin):
             state[0] = f.ts
         state[1] = f.ts
         state[2] += self.amount(f)
+
+    def merge(self, states: list[Any]) -> Any:
+        """Pooled: one operator's span and the summed amount."""
+        live = [s for s in states if s[2] > 0]
+        if not live:
+            return self.new_state()
+        return [min(s[0] for s in live), max(s[1] for s in live), sum(s[2] for s in live)]
 
     def value(self, state: list[float]) -> float | None:
         if state[2] <= 0:
@@ -601,3 +621,106 @@ class RateSurgeSignal(_Builtin):
     def explain(self, value: float, baseline: Baseline | None) -> str:
         return (f"peak hour ran {value:.1f}x the account's own average active hour "
                 f"({_vs(baseline, '{:.1f}')})")
+
+
+# Extraction is measured per day of activity, over at least this long a span: a burst
+# of an hour is projected to a day at a quarter of its rate, so a fresh account taking
+# a lot at once is seen within its first few dozen requests.
+HAUL_MIN_SPAN_S = 6 * 3600.0
+
+
+class _Haul(_Builtin):
+    """Completion tokens taken per day on prompts the account had not sent before,
+    beyond what the prompt itself held.
+
+    Absolute amounts, not shares: cheap requests of another kind do not lower it. An
+    evaluation harness re-running a fixed benchmark sends the same prompts again, so
+    its repeated runs add nothing here (see ``EventFeatures.novel``). Output up to the
+    prompt's own length is not counted: a translation, a summary or a RAG answer
+    restates what was sent, where a student model learns from what the teacher adds.
+    """
+
+    group = "extraction"
+    lo = 1e5
+    hi = 1e6
+    what = ""
+
+    def new_state(self) -> list[float]:
+        return [-1.0, 0.0, 0.0, 0]  # first ts, last ts, tokens, requests
+
+    def counts(self, f: EventFeatures) -> bool:
+        return True
+
+    def weight_of(self, f: EventFeatures) -> float:
+        """How much one taken token is worth (1 unless a subclass says otherwise)."""
+        return 1.0
+
+    def observe(self, state: list[float], f: EventFeatures) -> None:
+        if not f.ok:
+            return
+        if state[0] < 0:
+            state[0] = f.ts
+        state[1] = f.ts
+        state[3] += 1
+        if self.counts(f):
+            # The last user message's length (about 4 characters a token), not the
+            # prompt's: a follow-up's history was the service's own earlier answers.
+            asked = (f.raw or {}).get("chars", 4 * f.event.prompt_tokens) / 4.0
+            added = f.event.completion_tokens - asked * max(f.n, 1)
+            if added > 0:
+                state[2] += added * f.novel * self.weight_of(f)
+
+    def merge(self, states: list[Any]) -> Any:
+        """Pooled: one operator's span and the summed haul."""
+        live = [s for s in states if s[0] >= 0]
+        if not live:
+            return self.new_state()
+        return [min(s[0] for s in live), max(s[1] for s in live),
+                sum(s[2] for s in live), sum(s[3] for s in live)]
+
+    def value(self, state: list[float]) -> float | None:
+        if state[3] < 5:
+            return None
+        days = max(state[1] - state[0], HAUL_MIN_SPAN_S) / 86400.0
+        return state[2] / days
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        return ramp(math.log10(max(value, 1.0)), math.log10(self.lo), math.log10(self.hi))
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return (f"{value:,.0f} {self.what} per day of activity (over at least "
+                f"{HAUL_MIN_SPAN_S / 3600:.0f} h; counts from {self.lo:,.0f}/day, full at "
+                f"{self.hi:,.0f}/day; {_vs(baseline, '{:,.0f}')})")
+
+
+@register_signal
+class TraceHaulSignal(_Haul):
+    """Reasoning-trace tokens taken per day: completion tokens of requests whose prompt
+    (or system message) asks for reasoning or dataset rows, on new prompts."""
+
+    name = "trace_haul"
+    weight = 0.8
+    # A student asking for worked steps all evening takes some 10-20k a day.
+    lo, hi = 2e4, 4e5
+    description = "reasoning-trace tokens taken per day on new prompts"
+    what = "reasoning-trace tokens on new prompts"
+
+    def counts(self, f: EventFeatures) -> bool:
+        return f.elicits
+
+
+@register_signal
+class NovelOutputSignal(_Haul):
+    """All completion tokens taken per day on new prompts (a student model's data)."""
+
+    name = "novel_output"
+    weight = 0.5
+    lo, hi = 5e4, 1.5e6
+    description = ("completion tokens taken per day on new prompts (soft labels count "
+                   "more: a token with its top log-probabilities is a distribution)")
+    what = "completion tokens on new prompts (log-probability tokens weighted up)"
+
+    def weight_of(self, f: EventFeatures) -> float:
+        # top_logprobs = k carries k alternatives per token: worth several samples.
+        lp = int((f.raw or {}).get("logprobs") or 0)
+        return 1.0 + min(max(lp - 1, 0), 20) / 5.0 if lp else 1.0

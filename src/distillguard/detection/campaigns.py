@@ -46,7 +46,7 @@ _TIMING_K = 32
 # A client fingerprint (agent + exact parameters) is weak: every user of one app with
 # default settings shares it; it counts only next to other evidence.
 LINK_WEIGHTS = {"shared_template": 0.6, "shared_infrastructure": 0.5, "key_burst": 0.5,
-                "shared_client": 0.3, "synchronised_timing": 0.3,
+                "shared_signup": 0.6, "shared_client": 0.3, "synchronised_timing": 0.3,
                 "complementary_coverage": 0.3}
 # Repeats of one template band / wrapper, or one client fingerprint, before they link.
 MIN_TEMPLATE_REPEATS = 3
@@ -116,6 +116,15 @@ class Profile:
                 if i == len(sketch) or sketch[i] != h:
                     sketch.insert(i, h)
                     del sketch[_TIMING_K:]
+
+    def observe_client(self, f: EventFeatures) -> None:
+        """A refused request: it still shows where the account sends from."""
+        e = f.event
+        p = _prefix(e.client_addr)
+        if p:
+            _bump(self.prefixes, p, 4)
+        if e.user_agent:
+            _bump(self.agents, e.user_agent[:200], 4)
 
     def top(self, table: dict[Any, int]) -> Any:
         return max(table.items(), key=lambda kv: kv[1])[0] if table else None
@@ -190,14 +199,24 @@ def _entropy(counts: dict[int, int], topics: int) -> float:
 
 def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, float, float]]]],
                    key_times: dict[str, float], baselines: dict[str, Baseline], *,
-                   n_topics: int, combine: Callable[[dict[str, float]], float]
-                   ) -> list[Campaign]:
+                   n_topics: int, combine: Callable[[dict[str, float]], float],
+                   signals: list[Any] | None = None,
+                   states: dict[str, list[Any]] | None = None, min_events: int = 20,
+                   signup: dict[str, list[Any]] | None = None) -> list[Campaign]:
     """Cluster accounts into campaigns (see the module docstring).
 
     ``members`` maps account -> (events, profile, {signal name: (signal, value,
-    strength)}); ``key_times`` account -> its first key's creation time.
+    strength)}); ``key_times`` account -> its first key's creation time. With
+    ``signals`` and ``states`` (account -> per-signal states), the campaign is scored
+    as one account holding the members' pooled traffic, for every signal that can
+    ``merge``. ``signup`` maps account -> the sign-up keys it shares (e-mail domain
+    and address prefix, client fingerprint): accounts made together are linked.
     """
     buckets: dict[tuple[str, Any], list[str]] = defaultdict(list)
+    for name, keys in (signup or {}).items():
+        if name in members:
+            for key in keys:
+                buckets[("shared_signup", key)].append(name)
     for name, (_, prof, _) in members.items():
         prefix, agent = prof.top(prof.prefixes), prof.top(prof.agents)
         if prefix and agent:
@@ -241,7 +260,8 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
         if len(accts) < MIN_MEMBERS:
             continue
         accts.sort()
-        campaigns.append(_score(accts, members, kinds_of, baselines, n_topics, combine))
+        campaigns.append(_score(accts, members, kinds_of, baselines, n_topics, combine,
+                                pooled_states(accts, signals, states, min_events)))
     campaigns.sort(key=lambda c: (-c.risk, -len(c.members)))
     return campaigns
 
@@ -287,11 +307,31 @@ def _merge_by_client(uf: _UnionFind, kinds_of: dict[str, set[str]],
             sizes[uf.find(big[0])] = total
 
 
+def pooled_states(accts: list[str], signals: list[Any] | None,
+                  states: dict[str, list[Any]] | None, min_events: int
+                  ) -> dict[str, tuple[Any, float]] | None:
+    """Signal name -> (signal, strength of the members' merged state), for the signals
+    that can merge."""
+    if not signals or not states:
+        return None
+    out = {}
+    for i, signal in enumerate(signals):
+        merge = getattr(signal, "merge", None)
+        if not callable(merge):
+            continue
+        merged = merge([states[a][i] for a in accts if a in states])
+        value = signal.value(merged)
+        if value is not None:
+            out[signal.name] = (signal, signal.strength(value, None))
+    return out
+
+
 def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[str]],
            baselines: dict[str, Baseline], n_topics: int,
-           combine: Callable[[dict[str, float]], float]) -> Campaign:
+           combine: Callable[[dict[str, float]], float],
+           pooled_strengths: dict[str, tuple[Any, float]] | None = None) -> Campaign:
     evidence = []
-    for kind in ("shared_template", "shared_infrastructure", "key_burst"):
+    for kind in ("shared_template", "shared_infrastructure", "key_burst", "shared_signup"):
         share = sum(1 for a in accts if kind in kinds_of[a]) / len(accts)
         if share > 0:
             evidence.append(Evidence(kind, LINK_WEIGHTS[kind] * share,
@@ -367,9 +407,17 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
             if signal.group == "volume" and name in ("request_rate", "output_rate"):
                 rates[name] += value
     parts: dict[str, list[float]] = {g: [] for g in GROUPS}
+    # Signals that merge are scored on the pooled traffic, as one account's would be:
+    # forty members of twelve requests each are one operator of 480 requests.
+    from_pool = pooled_strengths or {}
+    for name, (signal, _) in from_pool.items():
+        weights[name] = signal
+        pooled.setdefault(name, [0.0, 0.0])
     for name, (total, n) in pooled.items():
         signal = weights[name]
         strength = total / n if n else 0.0
+        if name in from_pool:
+            strength = max(strength, from_pool[name][1])
         if name in rates:
             strength = max(strength, signal.strength(rates[name], baselines.get(name)))
         parts[signal.group].append(signal.weight * strength)
@@ -394,6 +442,9 @@ def _describe(kind: str, accts: list[str], members: dict[str, Any], share: float
         return (f"{n} of {len(accts)} accounts send from the same address prefix and user "
                 f"agent (e.g. {prof.top(prof.prefixes)}, "
                 f"{str(prof.top(prof.agents))[:60]!r})")
+    if kind == "shared_signup":
+        return (f"{n} of {len(accts)} accounts signed up with the same client fingerprint "
+                f"or the same e-mail domain from the same address prefix")
     return (f"{n} of {len(accts)} accounts had their first key created in one burst "
             f"(gaps under {BURST_GAP_S:.0f} s)")
 

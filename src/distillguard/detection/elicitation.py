@@ -23,7 +23,9 @@ from distillguard.detection.embedder import Embedder
 _CUES = re.compile("|".join([
     # English
     r"step[- ]by[- ]step", r"chain[- ]of[- ]thought", r"\bthink (it )?through\b",
-    r"show (all )?(your|the) (reasoning|work|thinking|steps)", r"explain your reasoning",
+    r"show(ing)? (all )?(of )?(your|the) (full )?(reasoning|work|thinking|steps)",
+    r"(full|complete|entire) (reasoning|chain of thought|thought process)",
+    r"explain your reasoning",
     r"reason(ing)? (carefully )?before (you )?answer", r"<think>",
     r"\brubric\b", r"grade (the|this|each) (answer|response)",
     r"score (the|this|each) (answer|response) (from|on)",
@@ -77,6 +79,13 @@ EXEMPLARS = (
     "이 문제를 단계별로 풀고 추론 과정을 자세히 설명해 주세요.",
     "Resolva o problema passo a passo e explique seu raciocínio.",
 )
+
+
+def cue_match(text: str) -> bool:
+    """True when ``text`` holds one of the cue patterns (no embedding needed)."""
+    return _CUES.search(text) is not None
+
+
 # Cosine similarity to the nearest exemplar above which a prompt counts as eliciting.
 SIMILARITY_THRESHOLD = 0.6
 
@@ -92,7 +101,7 @@ class Elicitation:
 
     def by_cue(self, text: str) -> bool:
         """True when the text holds one of the cue patterns."""
-        return _CUES.search(text) is not None
+        return cue_match(text)
 
     def similarity(self, embedding: np.ndarray) -> float:
         """Cosine similarity of a prompt embedding to the nearest exemplar."""

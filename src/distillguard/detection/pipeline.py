@@ -8,12 +8,24 @@ the last refresh left, so call ``refresh`` every ``detection_interval`` seconds.
 Scoring. Each signal's strength in [0, 1] counts within its group by noisy-OR of
 ``weight * strength``. Harvesting is taking value at scale, so::
 
-    harvest = intent * (0.5 + 0.5 * max(automation, volume))
+    takes   = 1 - (1 - intent) * (1 - 0.7 * extraction)
+    harvest = takes * (0.5 + 0.5 * max(automation, volume)) * (0.3 + 0.7 * extraction)
     risk    = max(harvest * min(1, events / detection_min_events), campaign risk)
             (campaign risk only for its core members, tied by two kinds of evidence)
 
 Automation or volume alone (an evaluation harness, a busy RAG app) never makes risk:
-it only multiplies what the account extracts.
+it only multiplies what the account extracts. Intent measured as shares can be diluted
+with cover traffic, so the absolute extraction (new reasoning-trace tokens and new
+output per day) both counts as intent and scales the score: an account that asks for
+reasoning but takes little of it stays low.
+
+Only served requests feed the signals. A refused request (403, 429) has no answer and
+takes nothing; counting it would let a throttle lower the shares that set it and lift
+itself. Refused requests are counted apart (``AccountRisk.refused``).
+
+Baselines: the live population once ``detection_baseline_min_accounts`` accounts have
+enough events; before that, the priors shipped with the package (``priors.json``, built
+from ShareGPT by ``scripts/build_priors.py``). Each reason says which one it used.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distillguard.detection.campaigns import Campaign, Profile, find_campaigns
+from distillguard.detection.features import flat_features
 from distillguard.detection.signals import (
     GROUPS,
     Baseline,
@@ -37,7 +50,6 @@ from distillguard.detection.signals import (
     create_signal,
     signal_names,
 )
-from distillguard.detection.text import assistant_turns, last_user_turn, template_features
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
@@ -78,6 +90,7 @@ class AccountRisk:
     reasons: list[Reason]
     groups: dict[str, float]
     campaign: str | None = None
+    refused: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,15 +109,56 @@ class SignalReading:
     message: str | None
 
 
+# Exact last-user-message hashes an account keeps before it samples them.
+_DISTINCT_CAP = 256
+
+
+class Distinct:
+    """Which of an account's prompts are new to it, in bounded memory.
+
+    Adaptive distinct sampling: it keeps the hashes whose low ``level`` bits are zero,
+    at most ``_DISTINCT_CAP``, raising the level (halving the sample) when full. A
+    sampled prompt is judged exactly; any other gets the recent novelty rate of the
+    sampled ones (a moving average, so a benchmark's second run is seen as repeated
+    within a few dozen requests). Plain attributes, so the state pickles.
+    """
+
+    __slots__ = ("level", "seen", "rate")
+
+    def __init__(self) -> None:
+        self.level = 0
+        self.seen: set[int] = set()
+        self.rate = 1.0
+
+    def observe(self, h: int) -> float:
+        """The weight of ``h`` being new (1.0 new, 0.0 repeated)."""
+        x = h & 0xFFFFFFFF
+        if x & ((1 << self.level) - 1):
+            return self.rate
+        if x in self.seen:
+            self.rate *= 0.9
+            return 0.0
+        self.rate = 0.9 * self.rate + 0.1
+        self.seen.add(x)
+        if len(self.seen) > _DISTINCT_CAP:
+            self.level += 1
+            mask = (1 << self.level) - 1
+            self.seen = {y for y in self.seen if not y & mask}
+        return 1.0
+
+
 class _Account:
-    __slots__ = ("events", "first_seen", "last_seen", "states", "profile")
+    __slots__ = ("events", "first_seen", "last_seen", "states", "profile", "refused",
+                 "distinct")
 
     def __init__(self, signals: Sequence[Signal]) -> None:
         self.events = 0
+        self.refused = 0
         self.first_seen = -1.0
         self.last_seen = 0.0
         self.states = [s.new_state() for s in signals]
         self.profile = Profile()
+        self.distinct = Distinct()
 
 
 def _params_key(params: dict[str, Any]) -> int:
@@ -122,8 +176,11 @@ def _noisy_or(parts: Iterable[float]) -> float:
 class DetectionPipeline:
     """Per-account signals, risk with reasons, and campaigns; safe across threads.
 
-    ``embedder`` (optional) enables the coverage signal and the embedding half of the
-    elicitation judge; ``topic_map`` (unit centroids, k x d) defaults to the shipped map
+    ``signup_evidence`` (optional) returns the sign-up records (objects or dicts with
+    ``account``, ``domain``, ``prefix``, ``fingerprint``, ``ts``) that link accounts made
+    together; campaigns then reach those accounts. ``embedder`` (optional) enables the
+    coverage signal and the embedding half of the elicitation judge; ``topic_map``
+    (unit centroids, k x d) defaults to the shipped map
     when an embedder is given. ``store`` (optional) lets campaigns read key creation
     times. ``clock`` is for tests.
     """
@@ -131,13 +188,19 @@ class DetectionPipeline:
     def __init__(self, settings: Settings | None = None, *,
                  signals: Sequence[str] | None = None, embedder: Embedder | None = None,
                  topic_map: np.ndarray | None = None, store: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 signup_evidence: Callable[[], Iterable[Any]] | None = None) -> None:
         from distillguard.detection.elicitation import Elicitation
 
         self.settings = settings
         self.min_events = settings.detection_min_events if settings is not None else 20
         self.baseline_min_events = (settings.detection_baseline_min_events
                                     if settings is not None else 3)
+        self.baseline_min_accounts = (settings.detection_baseline_min_accounts
+                                      if settings is not None else 20)
+        from distillguard.detection.priors import load_priors
+
+        self.priors = load_priors()
         self.max_accounts = settings.detection_max_accounts if settings is not None else 100_000
         self.signals: list[Signal] = [create_signal(n, settings)
                                       for n in (signals or signal_names())]
@@ -153,6 +216,7 @@ class DetectionPipeline:
                 s.n_topics = n_topics  # type: ignore[attr-defined]
         self.elicitation = Elicitation(embedder)
         self.store = store
+        self.signup_evidence = signup_evidence
         self.clock = clock
         self._lock = threading.RLock()
         self._accounts: OrderedDict[str, _Account] = OrderedDict()
@@ -191,24 +255,50 @@ class DetectionPipeline:
             self._info.popitem(last=False)
         return info
 
+    @staticmethod
+    def raw_features(event: RequestEvent) -> dict[str, Any] | None:
+        """The event's prompt features: as the gateway computed them from the message
+        list, or (events stored before features existed) from the flattened prompt."""
+        if event.features is not None:
+            return event.features
+        if event.prompt:
+            return flat_features(event.prompt, event.params or {})
+        return None
+
+    @staticmethod
+    def embed_text(event: RequestEvent, raw: dict[str, Any] | None) -> str:
+        """The last user message's text, sliced out of the stored prompt by the span the
+        gateway recorded ("" when prompts are not retained)."""
+        if raw is None or not event.prompt or "span" not in raw:
+            return ""
+        start, end = raw["span"]
+        return event.prompt[start:min(end, start + _EMBED_CHARS)]
+
     def _features(self, event: RequestEvent, embedding: np.ndarray | None = None
                   ) -> EventFeatures:
         params = event.params or {}
-        prompt = event.prompt or ""
-        turn = last_user_turn(prompt) if prompt else ""
-        text = turn[:_EMBED_CHARS]
-        topic, elicits, emb = self._prompt_info(text, embedding) if text else (-1, False, None)
+        raw = self.raw_features(event)
         max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
-        n = params.get("n") or 1
-        bands, wrappers = template_features(turn) if turn else ((), ())
+        if raw is None:
+            return EventFeatures(
+                event=event, ts=event.ts, end_ts=event.ts + event.latency_ms / 1000.0,
+                ok=event.status == 200, params_key=_params_key(params),
+                max_tokens=max_tokens if isinstance(max_tokens, int) else None, n=1,
+                logprobs=False, assistant_turns=0, bands=(), topic=-1, embedding=None,
+                elicits=False)
+        text = self.embed_text(event, raw)
+        topic, elicits, emb = (self._prompt_info(text, embedding) if text
+                               else (-1, False, None))
         return EventFeatures(
             event=event, ts=event.ts, end_ts=event.ts + event.latency_ms / 1000.0,
             ok=event.status == 200, params_key=_params_key(params),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
-            n=n if isinstance(n, int) else 1,
-            logprobs=bool(params.get("logprobs") or params.get("top_logprobs")),
-            assistant_turns=assistant_turns(prompt) if prompt else 0,
-            bands=bands, topic=topic, embedding=emb, elicits=elicits, wrappers=wrappers)
+            n=int(raw.get("n") or 1), logprobs=bool(raw.get("logprobs")),
+            assistant_turns=int(raw.get("turns") or 0),
+            bands=tuple(raw.get("bands") or ()), topic=topic, embedding=emb,
+            elicits=bool(raw.get("elicit")) or elicits,
+            wrappers=tuple(raw.get("wrap") or ()), tools=int(raw.get("tools") or 0),
+            raw=raw)
 
     def observe(self, event: RequestEvent) -> None:
         """Update the event's account with one event (unauthenticated events are skipped)."""
@@ -223,9 +313,9 @@ class DetectionPipeline:
         if self.embedder is not None:
             texts = []
             for e in events:
-                if e.account is not None and e.prompt:
-                    t = last_user_turn(e.prompt)[:_EMBED_CHARS]
-                    if hash(t) not in self._info:
+                if e.account is not None and e.prompt and e.status == 200:
+                    t = self.embed_text(e, self.raw_features(e))
+                    if t and hash(t) not in self._info:
                         texts.append(t)
             if texts:
                 texts = list(dict.fromkeys(texts))
@@ -243,6 +333,15 @@ class DetectionPipeline:
                 self._accounts.popitem(last=False)
         else:
             self._accounts.move_to_end(account)
+        if not f.ok:
+            # Refused or failed: nothing was taken. It still ties the account to its
+            # infrastructure (campaign profile) but moves none of its signals.
+            acct.refused += 1
+            if f.event.status in (403, 429):
+                acct.profile.observe_client(f)
+            return
+        if f.raw is not None and "h" in f.raw:
+            f.novel = acct.distinct.observe(int(f.raw["h"]))
         acct.events += 1
         if acct.first_seen < 0:
             acct.first_seen = f.ts
@@ -263,7 +362,10 @@ class DetectionPipeline:
 
     @staticmethod
     def _combine(groups: dict[str, float]) -> float:
-        return groups["intent"] * (0.5 + 0.5 * max(groups["automation"], groups["volume"]))
+        extraction = groups.get("extraction", 0.0)
+        takes = 1.0 - (1.0 - groups["intent"]) * (1.0 - 0.7 * extraction)
+        return (takes * (0.5 + 0.5 * max(groups["automation"], groups["volume"]))
+                * (0.3 + 0.7 * extraction))
 
     def _own(self, acct: _Account) -> tuple[float, dict[str, float], list[Reason]]:
         parts: dict[str, list[float]] = {g: [] for g in GROUPS}
@@ -286,6 +388,7 @@ class DetectionPipeline:
             acct = self._accounts.get(account)
             if acct is None:
                 return AccountRisk(account, 0.0, 0.0, 0, [], {g: 0.0 for g in GROUPS})
+            refused = acct.refused
             own, groups, reasons = self._own(acct)
             campaign = self._campaign_of.get(account)
         risk, name = own, None
@@ -297,7 +400,7 @@ class DetectionPipeline:
                               f"{campaign.risk:.2f}) with {len(campaign.members)} accounts: "
                               + "; ".join(e.message for e in campaign.evidence))] + reasons
         return AccountRisk(account, round(risk, 4), round(own, 4), acct.events, reasons,
-                           {g: round(v, 4) for g, v in groups.items()}, name)
+                           {g: round(v, 4) for g, v in groups.items()}, name, refused)
 
     def signals_of(self, account: str) -> list[SignalReading]:
         """Every signal of the account with its value, strength and population baseline."""
@@ -353,10 +456,13 @@ class DetectionPipeline:
                     values[signal.name].append(v)
         baselines = {}
         for name, vs in values.items():
-            if vs:
+            # A handful of accounts is no baseline: the prior, else none at all.
+            if len(vs) >= self.baseline_min_accounts:
                 arr = np.asarray(vs)
                 baselines[name] = Baseline(float(np.median(arr)),
                                            float(np.percentile(arr, 90)), len(vs))
+            elif name in self.priors:
+                baselines[name] = self.priors[name]
         self._baselines = baselines
 
     def _key_times(self) -> dict[str, float]:
@@ -367,6 +473,24 @@ class DetectionPipeline:
             if record.account not in first or record.created_at < first[record.account]:
                 first[record.account] = record.created_at
         return first
+
+    def _signup_links(self) -> dict[str, list[Any]]:
+        """Account -> the sign-up keys it shares (normalised e-mail domain with the
+        sign-up address prefix, and the client fingerprint), from ``signup_evidence``."""
+        if self.signup_evidence is None:
+            return {}
+        links: dict[str, list[Any]] = {}
+        for rec in self.signup_evidence():
+            get = rec.get if isinstance(rec, dict) else lambda k, r=rec: getattr(r, k, None)
+            account = get("account")
+            if not account:
+                continue
+            keys = links.setdefault(account, [])
+            if get("fingerprint"):
+                keys.append(("fingerprint", get("fingerprint")))
+            if get("domain") and get("prefix"):
+                keys.append(("domain+prefix", get("domain"), get("prefix")))
+        return links
 
     def refresh(self) -> list[Campaign]:
         """The periodic job: population baselines, then campaigns. Returns the campaigns.
@@ -380,10 +504,13 @@ class DetectionPipeline:
             for name, acct in self._accounts.items():
                 readings = {s.name: (s, v, st) for s, v, st in self._readings(acct)}
                 members[name] = (acct.events, acct.profile, readings)
+            states = {name: acct.states for name, acct in self._accounts.items()}
             campaigns = find_campaigns(members, key_times, self._baselines,
                                        n_topics=len(self.topic_map)
                                        if self.topic_map is not None else 0,
-                                       combine=self._combine)
+                                       combine=self._combine, signals=self.signals,
+                                       states=states, min_events=self.min_events,
+                                       signup=self._signup_links())
             self._campaigns = campaigns
             self._campaign_of = {m: c for c in campaigns for m in c.core}
         return campaigns

@@ -8,7 +8,14 @@ to one of three groups, which account scoring combines (see ``scoring``):
 
 - ``intent``: what the account extracts (long outputs, reasoning traces, topic sweeps);
 - ``automation``: how it sends (clockwork timing, parallelism, templates);
-- ``volume``: how much, against its own history and the population.
+- ``volume``: how much, against its own history and the population;
+- ``extraction``: how much of value it took, in absolute amounts (reasoning-trace
+  tokens and output on prompts it had not sent before), which cover traffic of another
+  kind cannot dilute the way it dilutes shares.
+
+A signal may define ``merge(states) -> state`` when its state pools across accounts
+(counts and sums): a campaign is then scored as one account holding the members'
+pooled traffic.
 
 Built-in signals register in ``detection.builtin`` exactly as a third-party one would::
 
@@ -30,7 +37,7 @@ if TYPE_CHECKING:
     from distillguard.config import Settings
     from distillguard.telemetry.events import RequestEvent
 
-GROUPS = ("intent", "automation", "volume")
+GROUPS = ("intent", "automation", "volume", "extraction")
 
 
 @dataclasses.dataclass(slots=True)
@@ -42,7 +49,10 @@ class EventFeatures:
     asks for reasoning traces or dataset rows; ``bands`` the LSH bands of its masked
     skeleton; ``wrappers`` the hashes of its skeleton's first and last words (a fixed
     wrapper around varying questions); ``ok`` whether the request succeeded (economics
-    count only those).
+    count only those). ``novel`` is the weight in [0, 1] of the last user message being
+    one the account never sent before (exact for sampled hashes, the account's novelty
+    rate for others); ``tools`` how many tools the request declared; ``raw`` the event's
+    features dict (``detection.features``).
     """
 
     event: RequestEvent
@@ -59,18 +69,31 @@ class EventFeatures:
     embedding: np.ndarray | None
     elicits: bool
     wrappers: tuple[int, ...] = ()
+    novel: float = 1.0
+    tools: int = 0
+    raw: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Baseline:
-    """A signal's value across the tracked population (accounts with enough events)."""
+    """A signal's value across the tracked population (accounts with enough events),
+    or, while that population is too small, the prior shipped with the package.
+
+    ``source`` is ``"live"`` or ``"prior"``; ``p99`` is known for priors.
+    """
 
     median: float
     p90: float
     accounts: int
+    source: str = "live"
+    p99: float | None = None
 
     def describe(self, fmt: str = "{:.2f}") -> str:
-        return (f"population median {fmt.format(self.median)}, 90th percentile "
+        if self.source == "prior":
+            return (f"prior from real ShareGPT traffic: median {fmt.format(self.median)}, "
+                    f"90th percentile {fmt.format(self.p90)} over {self.accounts} sampled "
+                    f"accounts; live population too small")
+        return (f"live population median {fmt.format(self.median)}, 90th percentile "
                 f"{fmt.format(self.p90)} over {self.accounts} accounts")
 
 

@@ -25,7 +25,7 @@ class RequestContext:
     __slots__ = ("ts", "started", "request_id", "endpoint", "client_addr", "user_agent",
                  "status", "account", "key_id", "model", "params", "prompt", "prompt_tokens",
                  "completion_tokens", "stream", "error_type", "error_code", "watermark",
-                 "action")
+                 "action", "features")
 
     def __init__(self, endpoint: str, client_addr: str | None, user_agent: str | None) -> None:
         self.ts = time.time()
@@ -47,6 +47,7 @@ class RequestContext:
         self.error_code: str | None = None
         self.watermark: dict[str, Any] | None = None
         self.action: str | None = None  # the account's current policy action, if any
+        self.features: dict[str, Any] | None = None  # detection.features of the prompt
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -60,4 +61,5 @@ class RequestContext:
             prompt=self.prompt, prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens, stream=self.stream,
             error_type=self.error_type, error_code=self.error_code, watermark=self.watermark,
+            features=self.features,
         )

@@ -18,6 +18,7 @@ from distillguard.backends.base import (
     StreamEnd,
     StreamItem,
 )
+from distillguard.detection.features import request_features
 from distillguard.gateway import errors, schema
 from distillguard.gateway.context import RequestContext
 from distillguard.gateway.middleware import context_of
@@ -240,6 +241,7 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
         ctx.model = body["model"]
     gen = parse(body, gateway.limits)
     ctx.prompt = schema.prompt_text(gen)
+    ctx.features = request_features(gen.messages, gen.prompt, body)
     _check_model(gateway, gen)
     _apply_watermark(gateway, ctx, gen)
     rid = ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + ctx.request_id

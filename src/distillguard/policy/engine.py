@@ -211,6 +211,8 @@ class PolicyEngine:
                 if SEVERITY[current.kind] >= SEVERITY[rule.action]:
                     continue
             rate_factor, reason = rule.rate_factor, rule.reason or f"rule {rule.name}: {why}"
+            if rule.note:
+                reason = f"{reason} [{rule.note}]"
             if rule.action == "throttle" and self.relative_throttle and rate_factor:
                 rate_factor, note = self._relative_factor(rate_factor,
                                                           pipeline.observed_rpm(account))

@@ -51,13 +51,16 @@ class Rule:
     rate_factor: float | None = None
     reason: str | None = None
     min_link: float = 0.0
+    # How the threshold was set (a calibrated rule quotes its calibration).
+    note: str | None = None
 
 
+# The uncalibrated rules (kept for a package without ``detection/calibration.json``).
 # Throttles scale with the account's own rate (``PolicyEngine.relative_throttle``).
 # A campaign whose members are tied by several independent kinds of evidence (link
 # 0.8 needs at least two of template, infrastructure, client, key burst) and that
 # harvests is challenged: the accounts must re-verify.
-DEFAULT_RULES = (
+FIXED_RULES = (
     Rule("block-harvester", "block", min_risk=0.8, ttl=86400.0),
     Rule("challenge-campaign", "challenge", min_risk=0.6, ttl=86400.0, scope="campaign",
          min_link=0.8),
@@ -72,6 +75,40 @@ DEFAULT_RULES = (
     Rule("degrade-elicitation", "degrade", min_risk=0.4, ttl=6 * 3600.0,
          signal="elicitation", min_strength=0.8),
 )
+
+
+
+
+def calibrated_rules(calibration: dict[str, Any] | None) -> tuple[Rule, ...]:
+    """The default rules with thresholds from ``calibration`` (``detection.calibration``):
+    a confirmed harvester is refused, and so is every core member of a linked campaign
+    that harvests (sign-up-linked accounts and new members included, since campaigns
+    are found again on every detection round). Degrade and throttle let a harvest go
+    on, so the defaults refuse. ``FIXED_RULES`` without a calibration."""
+    if not calibration:
+        return FIXED_RULES
+    rules = calibration["rules"]
+    note = calibration.get("note", "calibration split")
+    acct = rules["block-harvester"]
+    camp = rules["block-campaign"]
+    return (
+        Rule("block-harvester", "block", min_risk=acct["min_risk"], ttl=7 * 86400.0,
+             note=f"threshold {acct['min_risk']:.2f} from benign scores ({note}; highest "
+                  f"benign {acct['benign_max']:.2f})"),
+        Rule("block-campaign", "block", min_risk=camp["min_risk"], ttl=7 * 86400.0,
+             scope="campaign", min_link=0.6,
+             note=f"threshold {camp['min_risk']:.2f} above every benign account and "
+                  f"benign group ({note})"),
+    )
+
+
+def _default_rules() -> tuple[Rule, ...]:
+    from distillguard.detection.calibration import load_calibration
+
+    return calibrated_rules(load_calibration())
+
+
+DEFAULT_RULES = _default_rules()
 
 
 def parse_duration(value: Any, where: str) -> float | None:
@@ -123,7 +160,8 @@ def parse_rules(section: Any, source: str) -> list[Rule]:
                 min_strength=float(item.get("min_strength", 0.0)),
                 min_events=int(item.get("min_events", 0)),
                 rate_factor=(float(item["rate_factor"]) if "rate_factor" in item else None),
-                reason=item.get("reason"), min_link=float(item.get("min_link", 0.0)))
+                reason=item.get("reason"), min_link=float(item.get("min_link", 0.0)),
+                note=item.get("note"))
             check_action(rule.action, rule.rate_factor)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{where}: {exc}") from None

@@ -50,18 +50,19 @@ class Model:
 class World:
     """What every population of one scenario shares: time span, seed, prompts, models.
 
-    Prompts: the first ``corpus_size`` ShareGPT conversations, split in two halves so
-    that benign users and attackers draw from different conversations.
+    Prompts: ``corpus_size`` ShareGPT conversations from ``corpus_offset`` on, split in
+    two halves so that benign users and attackers draw from different conversations
+    (the evaluation's test split reads conversations its calibration split never does).
     """
 
     def __init__(self, start: float, duration: float, seed: int, models: list[Model],
-                 corpus_size: int = 4000) -> None:
+                 corpus_size: int = 4000, corpus_offset: int = 0) -> None:
         self.start = start
         self.end = start + duration
         self.duration = duration
         self.seed = seed
         self.models = sorted(models, key=lambda m: m.released_at)
-        convs = conversations(corpus_size)
+        convs = conversations(corpus_offset + corpus_size)[corpus_offset:]
         self.benign = list(convs[: len(convs) // 2])
         self.harvest = list(convs[len(convs) // 2:])
         self.benign_topics = by_topic(self.benign)
@@ -121,7 +122,7 @@ class Population(abc.ABC):
 
 
 # Benign kinds register below, attack strategies in ``strategies`` (imported on the first
-# lookup), other packages' through the ``distillguard.strategies`` entry-point group.
+# lookup, and importing the evaluation's test split, ``heldout``), other packages' through the ``distillguard.strategies`` entry-point group.
 POPULATIONS: Registry[type[Population]] = Registry(
     "population kind", "distillguard.strategies", builtins="distillguard.simulate.strategies")
 
@@ -250,6 +251,9 @@ class EvalHarness(Population):
         items: int = 1500
         runs_per_day: float = 0.5
         parallel: int = 8
+        # Chain-of-thought variant: "Let's reason step by step", answers up to this many
+        # tokens instead of one token with logprobs (0: the multiple-choice variant).
+        cot_max_tokens: int = 0
 
     def accounts(self) -> list[AccountSpec]:
         return self._aged_accounts(30, 200)
@@ -260,9 +264,16 @@ class EvalHarness(Population):
         items = []
         for k in range(self.p.items):
             q = convs[k % len(convs)][0][:400]
-            items.append((("user", f"Question: {q}\nA) {k % 7 + 1}\nB) {k % 5 + 2}\n"
-                                   f"C) both\nD) neither\nAnswer:"),))
-        params = {"temperature": 0.0, "max_tokens": 1, "logprobs": True, "top_logprobs": 5}
+            if self.p.cot_max_tokens:
+                items.append((("user", f"Question: {q}\nAnswer the question. Let's reason "
+                                       f"step by step, then give the final answer."),))
+            else:
+                items.append((("user", f"Question: {q}\nA) {k % 7 + 1}\nB) {k % 5 + 2}\n"
+                                       f"C) both\nD) neither\nAnswer:"),))
+        params: dict[str, Any] = {"temperature": 0.0, "max_tokens": 1, "logprobs": True,
+                                  "top_logprobs": 5}
+        if self.p.cot_max_tokens:
+            params = {"temperature": 0.0, "max_tokens": self.p.cot_max_tokens}
         for i in range(self.p.accounts):
             account = self.account_name(i)
             addr = datacenter_addr(rng)

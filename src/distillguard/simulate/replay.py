@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 
 from distillguard.config import Settings
+from distillguard.detection.features import request_features
 from distillguard.detection.pipeline import DetectionPipeline
 from distillguard.gateway import errors
 from distillguard.policy.actions import Action
@@ -109,7 +110,9 @@ def event_for(req: SimRequest, status: int, tokens: int, seq: int,
         client_addr=req.addr, user_agent=req.agent, model=req.model,
         params=req.recorded_params(), prompt=req.prompt_text(),
         prompt_tokens=prompt_tokens if status == 200 else 0, completion_tokens=tokens,
-        error_type=error_type, error_code=error_code)
+        error_type=error_type, error_code=error_code,
+        features=request_features([{"role": r, "content": c} for r, c in req.messages],
+                                  None, req.params))
 
 
 def completion_tokens(req: SimRequest, settings: Settings) -> int:

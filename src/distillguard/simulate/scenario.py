@@ -80,11 +80,13 @@ class Scenario:
     policy: dict[str, Any] | None
     tables: list[tuple[str, str, dict[str, Any], str]]  # (kind, name, params, where)
     corpus: int = 4000
+    corpus_offset: int = 0
 
     def build(self, scale: float = 1.0) -> tuple[World, list[Population]]:
         """The world and its populations; ``scale`` multiplies account counts above one
         (at least 3 for a campaign) and campaign targets, for quick small runs."""
-        world = World(self.start, self.duration, self.seed, self.models, self.corpus)
+        world = World(self.start, self.duration, self.seed, self.models, self.corpus,
+                      self.corpus_offset)
         pops = []
         for kind, name, params, where in self.tables:
             params = dict(params)

@@ -379,3 +379,7 @@ class ModelReleaseShift(Campaign):
                 yield SimRequest(t, account, (("user", _prompt(rng, w, 0.7)),), params,
                                  newest.name, residential_addr(rng), "OpenAI/Python 1.52.2",
                                  self.name)
+
+
+# The evaluation's test split registers its own populations in the same registry.
+import distillguard.simulate.heldout  # noqa: E402, F401

@@ -15,7 +15,8 @@ class RequestEvent:
     ``params`` holds the sampling parameters as the client sent them (never the key).
     ``prompt`` is None when prompt retention is off. ``watermark`` records the scheme,
     key id, cohort and parameters of a watermarked response, so that detection can
-    reproduce it later (never key material).
+    reproduce it later (never key material). ``features`` are what detection reads of
+    the prompt, computed from the message list where the event is built.
     """
 
     ts: float
@@ -36,6 +37,9 @@ class RequestEvent:
     error_type: str | None = None
     error_code: str | None = None
     watermark: dict[str, Any] | None = None
+    # Prompt features from the structured request (``detection.features``): counts,
+    # flags and hashes, no text, so they are kept when ``retain_prompts`` is off.
+    features: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -89,8 +89,10 @@ CREATE TABLE IF NOT EXISTS request_events (
     stream            boolean NOT NULL,
     error_type        text,
     error_code        text,
-    watermark         jsonb
+    watermark         jsonb,
+    features          jsonb
 );
+ALTER TABLE request_events ADD COLUMN IF NOT EXISTS features jsonb;
 CREATE INDEX IF NOT EXISTS request_events_ts ON request_events(ts);
 CREATE INDEX IF NOT EXISTS request_events_account_ts ON request_events(account, ts);
 """

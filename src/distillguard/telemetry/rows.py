@@ -31,12 +31,14 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "error_type",
     "error_code",
     "watermark",
+    "features",
 )
-JSON_COLUMNS = frozenset({"params", "watermark"})
+JSON_COLUMNS = frozenset({"params", "watermark", "features"})
 # api_keys columns in the order of ``KeyRecord``'s fields: ``KeyRecord(*row)``.
 KEY_COLUMNS = "key_id, account, prefix, created_at, revoked_at, name"
 _PARAMS_AT = EVENT_COLUMNS.index("params")
 _WATERMARK_AT = EVENT_COLUMNS.index("watermark")
+_FEATURES_AT = EVENT_COLUMNS.index("features")
 _STREAM_AT = EVENT_COLUMNS.index("stream")
 
 
@@ -77,6 +79,7 @@ def event_to_row(event: RequestEvent) -> list[Any]:
             row[i] = clean_text(value)
     row[_PARAMS_AT] = dump_json(event.params or {})
     row[_WATERMARK_AT] = None if event.watermark is None else dump_json(event.watermark)
+    row[_FEATURES_AT] = None if event.features is None else dump_json(event.features)
     row[_STREAM_AT] = bool(event.stream)
     return row
 

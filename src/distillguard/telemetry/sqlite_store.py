@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS request_events (
     stream            INTEGER NOT NULL,
     error_type        TEXT,
     error_code        TEXT,
-    watermark         TEXT
+    watermark         TEXT,
+    features          TEXT
 );
 CREATE INDEX IF NOT EXISTS request_events_ts ON request_events(ts);
 CREATE INDEX IF NOT EXISTS request_events_account_ts ON request_events(account, ts);
@@ -126,6 +127,9 @@ class SQLiteStore:
         self._version_lock = threading.Lock()
         self._events = self._connect(self._events_path, "NORMAL")
         self._events.executescript(_EVENTS_SCHEMA)
+        columns = {r[1] for r in self._events.execute("PRAGMA table_info(request_events)")}
+        if "features" not in columns:  # a store made before prompt features existed
+            self._events.execute("ALTER TABLE request_events ADD COLUMN features TEXT")
         self._events_lock = threading.Lock()
         self._tail: sqlite3.Connection | None = None  # detection's reader, made on first use
         self._tail_lock = threading.Lock()

@@ -1,0 +1,122 @@
+"""Rule thresholds set from benign scores on the evaluation's calibration split.
+
+``calibrate`` runs the calibration split (``simulate.splits``) in replay with no rules,
+records each benign account's highest risk over every detection round and each benign
+group's highest campaign risk, and sets each built-in rule's threshold so that at most
+``fp_rate`` of benign accounts would have reached it, and never below the highest
+benign score plus ``MARGIN`` when the split has fewer than ``1 / fp_rate`` benign
+accounts (then the measured rate is 0 of n and its 95% upper bound 3 / n, which the
+file states). The result ships as ``calibration.json``; ``policy.rules`` builds its
+default rules from it and each rule's reason quotes it.
+
+Run it with ``python bench/detection.py --calibrate`` (it rewrites the file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+CALIBRATION_FILE = "calibration.json"
+MARGIN = 0.03
+FP_RATE = 0.001
+
+
+def threshold(scores: list[float], fp_rate: float, margin: float = MARGIN) -> float:
+    """The lowest threshold that at most ``fp_rate`` of ``scores`` reach, and no lower
+    than the highest score plus ``margin`` when ``scores`` are too few to show that rate."""
+    if not scores:
+        return margin
+    s = sorted(scores)
+    allowed = math.floor(fp_rate * len(s))
+    # ``allowed`` benign scores may reach the threshold: it sits above the rest.
+    top = s[len(s) - allowed - 1] if allowed < len(s) else 0.0
+    return round(min(1.0, top + margin), 4)
+
+
+def calibrate(*, duration: float = 86400.0, fp_rate: float = FP_RATE,
+              progress: bool = False) -> dict[str, Any]:
+    """Run the calibration split with no rules; return the calibration (see module)."""
+    from distillguard.simulate.replay import ReplayRun
+    from distillguard.simulate.runner import Traffic
+    from distillguard.simulate.splits import build
+
+    traffic = Traffic.generate(build("calibration", duration=duration))
+    run = ReplayRun(traffic, progress=progress)
+    run.policy.rules = []
+    labels = {a.name: a.label for a in traffic.accounts}
+    benign_max: dict[str, float] = {}
+    attack_max: dict[str, float] = {}
+    benign_campaign: list[float] = []
+    mixed_campaign_attack: list[float] = []
+    done = 0
+    try:
+        for tick, reqs in traffic.slices():
+            events = run._slice(reqs, done)
+            done += len(reqs)
+            if events:
+                run.pipeline.observe_many(events)
+            run.clock.now = tick
+            run.pipeline.refresh()
+            for name in run.pipeline.accounts():
+                risk = run.pipeline.account_risk(name).own_risk
+                table = attack_max if labels.get(name) == "attack" else benign_max
+                if risk > table.get(name, 0.0):
+                    table[name] = risk
+            for c in run.pipeline.campaigns():
+                core = c.core or c.members
+                if all(labels.get(m) != "attack" for m in core):
+                    benign_campaign.append(c.risk)
+                else:
+                    mixed_campaign_attack.append(c.risk)
+    finally:
+        run.close()
+    active = {r.account for r in traffic.requests}
+    benign = [benign_max.get(a.name, 0.0) for a in traffic.accounts
+              if a.label != "attack" and a.name in active]
+    n = len(benign)
+    account_t = threshold(benign, fp_rate)
+    # A campaign is held to every benign score there is: a benign group's campaign risk
+    # and any benign account's own risk, so that no benign team or app is blocked as one.
+    campaign_t = threshold([max(benign_campaign, default=0.0), max(benign, default=0.0)],
+                           0.0)
+    note = (f"calibration split, {n} benign accounts over {duration / 3600:.0f} h; stated "
+            f"false-positive rate {fp_rate:.1%}")
+    if n < 1 / fp_rate:
+        note += (f" (fewer than {1 / fp_rate:.0f} accounts: threshold above the highest "
+                 f"benign score; measured 0 of {n}, 95% upper bound {3 / n:.1%})")
+    return {
+        "split": "calibration", "fp_rate": fp_rate, "benign_accounts": n,
+        "duration_s": duration, "margin": MARGIN, "note": note,
+        "rules": {
+            "block-harvester": {"min_risk": account_t,
+                                "benign_max": round(max(benign, default=0.0), 4),
+                                "benign_p99": round(sorted(benign)[int(0.99 * (n - 1))], 4)
+                                if n else 0.0},
+            "block-campaign": {"min_risk": campaign_t,
+                               "benign_campaign_max": round(max(benign_campaign, default=0.0),
+                                                            4),
+                               "benign_campaigns_seen": len(benign_campaign)},
+        },
+        "attack_accounts_above": sum(v >= account_t for v in attack_max.values()),
+        "attack_accounts": len(attack_max),
+    }
+
+
+def load_calibration() -> dict[str, Any] | None:
+    """The shipped calibration, or None when the package has none."""
+    try:
+        text = (resources.files("distillguard.detection") / CALIBRATION_FILE).read_text()
+    except (FileNotFoundError, OSError):
+        return None
+    return json.loads(text)
+
+
+def save_calibration(data: dict[str, Any], path: str | Path | None = None) -> Path:
+    """Write ``data`` as the shipped calibration (or to ``path``)."""
+    target = Path(path) if path else Path(__file__).with_name(CALIBRATION_FILE)
+    target.write_text(json.dumps(data, indent=1) + "\n")
+    return target

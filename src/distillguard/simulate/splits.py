@@ -1,0 +1,87 @@
+"""The evaluation's two splits, which never meet.
+
+- ``calibration``: the strategies of ``simulate.strategies`` and the benign populations
+  of ``simulate.populations``, on ShareGPT conversations 0..4000 (filtered). Detection's
+  rule thresholds are set from the benign scores of this split only
+  (``detection.calibration``).
+- ``test``: the strategies and benign populations of ``simulate.heldout``, written apart
+  from the calibration ones, on ShareGPT conversations 4000..8000. Figures reported as
+  held out come from this split only; the adaptive attacker (``simulate.adaptive``)
+  searches in its world.
+
+The priors (``detection/priors.json``) are built from conversations 8000..14000, so no
+prompt of either split shaped them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distillguard.simulate.populations import DAY, Model, population_kinds
+from distillguard.simulate.scenario import DEFAULT_START, Scenario
+
+SPLITS = ("calibration", "test")
+CORPUS = {"calibration": (0, 4000), "test": (4000, 4000)}
+
+
+def _tables(items: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str,
+                                                                         dict[str, Any], str]]:
+    return [(kind, name, params, f"split:{name}") for kind, name, params in items]
+
+
+def build(split: str, *, duration: float = DAY, seed: int | None = None,
+          attackers: bool = True, benign: bool = True,
+          extra: list[tuple[str, str, dict[str, Any]]] | None = None,
+          interval: float = 60.0) -> Scenario:
+    """The split's scenario: its benign populations and (``attackers``) its campaigns,
+    plus ``extra`` (kind, name, params) tables; a release of a newer model half-way."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    population_kinds()  # registers every population kind
+    offset, size = CORPUS[split]
+    if split == "calibration":
+        people = [("casual", "casual", {"accounts": 300}),
+                  ("casual", "power-users", {"accounts": 40, "sessions_per_day": 6.0,
+                                             "turns": 4.0, "sdk_share": 0.8}),
+                  ("eval_harness", "eval", {"items": 1500, "runs_per_day": 1.0}),
+                  ("eval_harness", "cot-eval", {"items": 400, "runs_per_day": 2.0,
+                                                "parallel": 8, "cot_max_tokens": 768}),
+                  ("rag_app", "rag", {"per_day": 2000.0}),
+                  ("rag_app", "rag-big", {"per_day": 8000.0, "tz": -5.0}),
+                  ("shared_key", "team", {"members": 12}),
+                  ("shared_key", "reseller", {"members": 30, "reseller": True}),
+                  ("batch_job", "batch", {"per_night": 800}),
+                  ("batch_job", "batch-big", {"per_night": 3000, "hour": 22.0})]
+        attacks = [("bulk_harvester", "bulk", {"target": 20000, "start": 7200.0}),
+                   ("sybil_swarm", "swarm", {"accounts": 30, "target": 20000,
+                                             "start": 14400.0}),
+                   ("reasoning_trace", "traces", {"accounts": 10, "target": 10000}),
+                   ("topic_sweep", "sweep", {"accounts": 5, "target": 5000}),
+                   ("mimic", "mimic", {"accounts": 20, "target": 3000})]
+        seed = 11 if seed is None else seed
+    else:
+        people = [("t_student", "people", {"accounts": 200, "show_work": 0.1,
+                                           "sessions_per_day": 1.0}),
+                  ("t_student", "students", {"accounts": 60, "show_work": 0.6}),
+                  ("t_non_english", "intl", {"accounts": 40}),
+                  ("t_cot_eval_harness", "cot-eval", {}),
+                  ("t_rag_service", "rag", {}),
+                  ("t_team_key", "team", {}),
+                  ("t_reseller", "reseller", {}),
+                  ("t_nightly_batch", "nightly", {})]
+        attacks = [("t_cot_bulk", "cot-bulk", {}),
+                   ("t_template_swarm", "template-swarm", {}),
+                   ("t_human_mimic", "mimic", {}),
+                   ("t_human_mimic", "mimic-single", {"accounts": 1, "target": 400}),
+                   ("t_paraphrase_sweep", "paraphrase-sweep", {}),
+                   ("t_soft_label", "soft-label", {}),
+                   ("t_rotating_swarm", "rotating-swarm", {})]
+        seed = 23 if seed is None else seed
+    items = (people if benign else []) + (attacks if attackers else []) + (extra or [])
+    start = DEFAULT_START
+    return Scenario(
+        name=f"{split}-split", description=f"the evaluation's {split} split",
+        source=f"split:{split}", duration=duration, start=start, seed=seed,
+        detection_interval=interval, held_out=split == "test",
+        models=[Model("sim-model", start), Model("sim-model-2", start + duration / 2)],
+        settings={}, policy=None, tables=_tables(items), corpus=size, corpus_offset=offset)
