@@ -28,6 +28,14 @@ def harvest_prompt(i: int) -> str:
             "a JSON row.")
 
 
+def long_echo():
+    """An echo backend answering at a model's length (400 words a choice): detection
+    measures what is taken, and a harvest answered in 16 words takes nothing."""
+    from distillguard.backends.echo import EchoBackend
+
+    return EchoBackend(tokens=400)
+
+
 async def harvest(client: openai.AsyncOpenAI, i: int) -> bool:
     """One harvesting request; False once the gateway refuses the account."""
     try:
@@ -60,7 +68,7 @@ async def requests_until_refused(settings, *, restart_every: int | None,
         _, key = store.create_key("harvester")
     sent = 0
     while sent < limit:
-        app = build_app(settings)
+        app = build_app(settings, backend=long_echo())
         async with app.router.lifespan_context(app):
             client = sdk(app, key)
             stop = sent + (restart_every or limit)
@@ -182,7 +190,7 @@ async def test_a_flood_in_front_of_a_harvest_delays_its_action_by_no_more_than_t
     interval = 0.5
     settings = make_settings(detection_interval=interval, max_tokens_limit=512,
                              detection_checkpoint_interval=3600)
-    app = build_app(settings)
+    app = build_app(settings, backend=long_echo())
     async with app.router.lifespan_context(app):
         gateway = app.state.gateway
         flood_keys = [gateway.store.create_key(f"flood{i}")[1] for i in range(20)]
