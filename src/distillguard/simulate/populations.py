@@ -122,7 +122,8 @@ class Population(abc.ABC):
 
 
 # Benign kinds register below, attack strategies in ``strategies`` (imported on the first
-# lookup, and importing the evaluation's test split, ``heldout``), other packages' through the ``distillguard.strategies`` entry-point group.
+# lookup; it imports the evaluation's test split, ``heldout``), other packages' through
+# the ``distillguard.strategies`` entry-point group.
 POPULATIONS: Registry[type[Population]] = Registry(
     "population kind", "distillguard.strategies", builtins="distillguard.simulate.strategies")
 
