@@ -58,18 +58,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from distillguard.gateway.app import build_app
+    from distillguard.gateway.limits import server_config
 
     settings: Settings = args.settings
     app = build_app(settings)
     print(f"distillguard: serving on http://{settings.host}:{settings.port}/v1 "
           f"(backend {settings.backend}, data in {settings.data_path})", file=sys.stderr,
           flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, loop="auto", http="auto",
-                log_level=settings.log_level, access_log=False,
-                # The gateway reads X-Forwarded-For itself (trust_forwarded_for,
-                # trusted_proxies); uvicorn's would trust 127.0.0.1's header by default.
-                proxy_headers=False,
-                timeout_graceful_shutdown=30)
+    # Header/body timeouts, head size and per-address caps: see gateway.limits.
+    uvicorn.Server(server_config(app, settings)).run()
     return 0
 
 

@@ -301,6 +301,35 @@ SETTINGS: tuple[Setting, ...] = (
             "tokenising for detection: empty (none), `NFC` or `NFKC`.",
             choices=("", "NFC", "NFKC")),
     # --- end watermark settings ---
+    # --- flood settings (admission control and flood defence) ---
+    Setting("local_queue_size", int, 64, "Requests that may wait for the local backend's "
+            "batch; beyond it a request is refused with 503 and Retry-After (or sheds a "
+            "waiting request of a less established account)."),
+    Setting("local_queue_per_account", int, 8, "Requests of one account that may wait "
+            "for the local backend's batch (429 with Retry-After above)."),
+    Setting("established_account_age", float, 604_800.0, "Seconds since its key was "
+            "created after which an account counts as established: it is served first "
+            "and shed last under load (0: every account is)."),
+    Setting("max_request_tokens", int, 4096, "Cost cap: largest n x max_tokens one "
+            "request may ask for (400 naming max_tokens above; 0: no cap)."),
+    Setting("max_concurrent_per_account", int, 8, "Requests one account may have in "
+            "flight at once (429 with Retry-After above; 0: no limit)."),
+    Setting("http_header_timeout", float, 10.0, "Seconds a client has to send a "
+            "request's headers, from connect or the end of the previous response (the "
+            "connection is closed after that)."),
+    Setting("http_body_timeout", float, 30.0, "Seconds a client has to send a request's "
+            "body once its headers are in (408 after that)."),
+    Setting("http_keep_alive_timeout", float, 5.0, "Seconds an idle kept-alive "
+            "connection stays open."),
+    Setting("http_max_connections", int, 4096, "Open connections and requests the server "
+            "takes at once (uvicorn limit_concurrency: 503 above; 0: no limit)."),
+    Setting("http_max_connections_per_address", int, 256, "Open connections one client "
+            "address may hold (further connections are closed at once; 0: no limit)."),
+    Setting("http_max_header_bytes", int, 32_768, "Largest request head (request line and "
+            "headers) the server buffers (431 / closed above)."),
+    Setting("event_max_field_chars", int, 512, "Longest user agent, endpoint or other "
+            "client-chosen string stored in a request event (longer ones are cut)."),
+    # --- end flood settings ---
     # --- local backend settings (local backend engineer edits only this block) ---
     # --- end local backend settings ---
     # --- rate limit / upstream settings (upstream engineer edits only this block) ---

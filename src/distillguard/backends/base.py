@@ -27,6 +27,10 @@ class GenerationRequest:
     ``watermark`` is chosen by the server (never by a request field): an object with
     a ``sample_row`` method (see ``distillguard.watermark.base.RowSampler``) or None.
     ``body`` is the client's JSON body, which the upstream backend forwards.
+    ``account`` and ``priority`` (higher: served first, shed last) are set by the
+    gateway's admission for backends that schedule between accounts. ``usage`` is
+    filled in by the backend as tokens are generated, so that a request which ends
+    early (client gone, stream closed) is still charged for what it cost.
     """
 
     kind: Literal["chat", "completion"]
@@ -42,6 +46,17 @@ class GenerationRequest:
     user: str | None = None
     watermark: Any = None
     body: dict[str, Any] = dataclasses.field(default_factory=dict)
+    account: str | None = None
+    priority: int = 0
+    usage: Usage = dataclasses.field(default_factory=lambda: Usage())
+
+
+@dataclasses.dataclass
+class Usage:
+    """Tokens a request has cost so far; backends update it while they generate."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclasses.dataclass
@@ -83,16 +98,19 @@ class BackendError(Exception):
     """A backend failure the gateway turns into an OpenAI-shaped error.
 
     ``status`` is 502 for a failed upstream, 504 for a timeout, 503 when the backend is
-    overloaded or not ready, 400 when the request cannot be served (e.g. prompt too long).
+    overloaded or not ready, 429 when the account has its share of the backend waiting,
+    400 when the request cannot be served (e.g. prompt too long). ``retry_after``
+    (seconds) becomes the ``Retry-After`` header of a 429 or 503.
     """
 
     def __init__(self, message: str, *, status: int = 502, code: str = "backend_error",
-                 param: str | None = None) -> None:
+                 param: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
         self.param = param
+        self.retry_after = retry_after
 
 
 @runtime_checkable

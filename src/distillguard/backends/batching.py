@@ -170,6 +170,15 @@ class Batcher:
         """Number of choices being decoded."""
         return len(self._rows)
 
+    def rows_by_account(self) -> dict[str, int]:
+        """Rows being decoded per account (``GenerationRequest.account``; "" for none),
+        which the fair queue reads to give free rows to the accounts holding fewest."""
+        counts: dict[str, int] = {}
+        for row in self._rows:
+            account = row.job.request.account or ""
+            counts[account] = counts.get(account, 0) + 1
+        return counts
+
     @property
     def free_rows(self) -> int:
         """Rows that may join before the batch reaches ``max_rows``."""
@@ -246,6 +255,7 @@ class Batcher:
             if self.context_length is not None:
                 max_new = min(max_new, self.context_length - len(ids))
             self._progress[id(job)] = _Progress(len(ids), request.n)
+            request.usage.prompt_tokens = len(ids)
             sampler = request.watermark if request.watermark is not None else self._plain
             for choice in range(request.n):
                 expand.append(i)
@@ -395,6 +405,8 @@ class Batcher:
     def _advance(self, row: _Row, token: int) -> tuple[FinishReason | None, str]:
         """Record ``token`` for ``row``; return (finish reason or None, new text)."""
         row.generated += 1
+        # Charged as it is generated, so a request that ends early still pays for it.
+        row.job.request.usage.completion_tokens += 1
         row.context[row.length] = token
         row.length += 1
         if token in self.eos_ids:

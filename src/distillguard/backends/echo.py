@@ -67,12 +67,16 @@ class EchoBackend:
             words, finish = self._answer(source, index, request)
             choices.append(Choice(index=index, text=" ".join(words), finish_reason=finish,
                                   completion_tokens=len(words)))
-        return Completion(choices=choices, prompt_tokens=prompt_tokens,
-                          completion_tokens=sum(c.completion_tokens for c in choices))
+        result = Completion(choices=choices, prompt_tokens=prompt_tokens,
+                            completion_tokens=sum(c.completion_tokens for c in choices))
+        request.usage.prompt_tokens = prompt_tokens
+        request.usage.completion_tokens = result.completion_tokens
+        return result
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         """One delta per word (choices one after another), then ``StreamEnd``."""
         source, prompt_tokens = self._source(request)
+        request.usage.prompt_tokens = prompt_tokens
         total = 0
         for index in range(request.n):
             words, finish = self._answer(source, index, request)
@@ -80,6 +84,7 @@ class EchoBackend:
             for position, word in enumerate(words):
                 text = word if position == 0 else " " + word
                 last = position == len(words) - 1
+                request.usage.completion_tokens += 1
                 yield StreamDelta(index=index, text=text, finish_reason=finish if last else None)
             if not words:
                 yield StreamDelta(index=index, text="", finish_reason=finish)

@@ -1,11 +1,13 @@
 """The local backend: a transformers causal LM served from this process.
 
-Generation runs in one worker thread, never on the event loop. Requests reach it through
-a thread-safe queue; between two decode steps it drops rows whose consumer went away,
-admits waiting requests into the running batch (``Batcher``), and decodes one token for
-every row. Results travel back with ``loop.call_soon_threadsafe`` into one
-``asyncio.Queue`` per request, one hand-over per request and step, so many clients
-stream at once without blocking the loop or each other.
+Generation runs in one worker thread, never on the event loop. Requests wait in a
+bounded, per-account fair queue (``scheduler.FairQueue``: a request beyond its account's
+share or the queue's capacity is refused at once with 429 / 503 and ``Retry-After``);
+between two decode steps the worker drops rows whose consumer went away, admits waiting
+requests into the running batch (``Batcher``), and decodes one token for every row.
+Results travel back with ``loop.call_soon_threadsafe`` into one ``asyncio.Queue`` per
+request, one hand-over per request and step, so many clients stream at once without
+blocking the loop or each other.
 
 Token counts: ``prompt_tokens`` counts the prompt once, whatever ``n``;
 ``completion_tokens`` counts every token the model sampled, the end-of-sequence token
@@ -18,9 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
-from collections import deque
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,15 @@ from distillguard.backends.base import (
 )
 from distillguard.backends.batching import Batcher, ChoiceTokens, Item
 from distillguard.backends.model_cache import ensure_converted
+from distillguard.backends.scheduler import FairQueue
 from distillguard.backends.tiny import create_tiny_model
 
 __all__ = ["LocalBackend", "create_tiny_model"]
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
+# Smoothing of the per-step time and request length behind Retry-After estimates.
+_EWMA = 0.1
 
 
 class _Job:
@@ -81,14 +84,16 @@ class LocalBackend:
     ``model_path`` is a folder ``from_pretrained`` loads; None means the embedded model,
     converted on first use into ``cache_dir`` (see ``model_cache.ensure_converted``).
     ``max_batch`` bounds the rows (choices) decoded together; ``threads`` > 0 sets
-    torch's thread count.
+    torch's thread count. ``queue_size`` bounds the requests waiting for rows and
+    ``queue_per_account`` those of one account (see ``scheduler.FairQueue``).
     """
 
     # Generation runs here, so the gateway hands each request a watermark sampler.
     watermarks = True
 
     def __init__(self, model_path: Path | None, *, model_name: str, max_batch: int = 16,
-                 threads: int = 0, cache_dir: Path | str | None = None) -> None:
+                 threads: int = 0, cache_dir: Path | str | None = None,
+                 queue_size: int = 64, queue_per_account: int = 8) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.model_path = Path(model_path) if model_path else None
@@ -97,9 +102,11 @@ class LocalBackend:
         self.threads = threads
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._batcher: Batcher | None = None
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._accepting = False
+        self._step_seconds = 0.05
+        self._request_steps = 64.0
+        self.waiting = FairQueue(queue_size, queue_per_account, rows=max_batch,
+                                 service_seconds=self._service_seconds)
+        self.waiting.close()  # until start()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -112,6 +119,8 @@ class LocalBackend:
             max_batch=settings.local_max_batch,
             threads=settings.local_threads,
             cache_dir=settings.model_cache_dir,
+            queue_size=settings.local_queue_size,
+            queue_per_account=settings.local_queue_per_account,
         )
 
     # -- lifecycle --------------------------------------------------------------------
@@ -122,9 +131,7 @@ class LocalBackend:
             return
         self._batcher = await asyncio.to_thread(self._load)
         self._stopping = False
-        self._inbox = queue.SimpleQueue()
-        with self._lock:
-            self._accepting = True
+        self.waiting.reopen()
         self._thread = threading.Thread(target=self._work, name="distillguard-local",
                                         daemon=True)
         self._thread.start()
@@ -151,10 +158,8 @@ class LocalBackend:
         thread = self._thread
         if thread is None:
             return
-        with self._lock:
-            self._accepting = False
         self._stopping = True
-        self._inbox.put(_STOP)
+        self._fail_waiting()
         await asyncio.to_thread(thread.join)
         self._thread = None
         self._batcher = None
@@ -202,11 +207,7 @@ class LocalBackend:
             raise BackendError("n and max_tokens must be at least 1", status=400,
                                code="invalid_value", param="n" if request.n < 1 else "max_tokens")
         job = _Job(request, asyncio.get_running_loop())
-        with self._lock:
-            if not self._accepting:
-                raise BackendError("the local backend is not running", status=503,
-                                   code="backend_unavailable")
-            self._inbox.put(job)
+        self.waiting.offer(job)
         try:
             while True:
                 payload = await job.queue.get()
@@ -221,22 +222,33 @@ class LocalBackend:
 
     # -- the worker thread ------------------------------------------------------------
 
+    def _service_seconds(self) -> float:
+        """How long one request holds its rows, by the recent step time and length."""
+        return self._step_seconds * self._request_steps
+
+    def _fail_waiting(self) -> None:
+        error = BackendError("the local backend is shutting down", status=503,
+                             code="backend_unavailable")
+        for job in self.waiting.close():
+            if not job.closed:
+                job.fail(error)
+
     def _work(self) -> None:
         batcher = self._batcher
         assert batcher is not None
-        pending: deque[_Job] = deque()
         try:
             while not self._stopping:
-                if not batcher.rows and not pending:
-                    first = self._inbox.get()  # idle: sleep until a request or close()
-                    if first is _STOP:
-                        break
-                    pending.append(first)
-                self._drain_inbox(pending)
+                if not batcher.rows and not self.waiting.wait():
+                    break  # idle until a request arrives or close()
                 if self._stopping:
                     break
                 batcher.drop_closed()
-                joining = self._take(pending, batcher)
+                joining = self.waiting.take(batcher.free_rows, batcher.rows_by_account(),
+                                            busy=bool(batcher.rows))
+                for job in joining:
+                    self._request_steps += _EWMA * (job.request.max_tokens
+                                                    - self._request_steps)
+                started = time.perf_counter()
                 try:
                     if joining:
                         batcher.admit(joining)
@@ -249,40 +261,10 @@ class LocalBackend:
                         if not job.closed:
                             job.fail(error)
                     batcher.fail_all(error)
+                if batcher.rows:
+                    self._step_seconds += _EWMA * (time.perf_counter() - started
+                                                   - self._step_seconds)
         finally:
-            with self._lock:
-                self._accepting = False
-            error = BackendError("the local backend is shutting down", status=503,
-                                 code="backend_unavailable")
-            batcher.fail_all(error)
-            self._drain_inbox(pending)
-            for job in pending:
-                if not job.closed:
-                    job.fail(error)
-
-    def _drain_inbox(self, pending: deque[_Job]) -> None:
-        """Move every request already waiting in the inbox to ``pending``, without blocking."""
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if item is not _STOP:
-                pending.append(item)
-
-    @staticmethod
-    def _take(pending: deque[_Job], batcher: Batcher) -> list[_Job]:
-        """Waiting jobs that fit into the batch now, first come first served."""
-        joining: list[_Job] = []
-        free = batcher.free_rows
-        while pending:
-            job = pending[0]
-            if job.closed:
-                pending.popleft()
-                continue
-            # A request wider than the whole batch still runs, alone.
-            if job.request.n > free and (batcher.rows or joining):
-                break
-            joining.append(pending.popleft())
-            free -= job.request.n
-        return joining
+            self._fail_waiting()
+            batcher.fail_all(BackendError("the local backend is shutting down", status=503,
+                                          code="backend_unavailable"))

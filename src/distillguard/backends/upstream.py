@@ -237,10 +237,13 @@ class UpstreamBackend:
             raise self._http_error(status, raw)
         try:
             data = orjson.loads(raw)
-            return self._parse_completion(data, request.kind == "chat")
+            result = self._parse_completion(data, request.kind == "chat")
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
             raise BackendError(f"upstream answered a malformed completion ({exc!r})",
                                status=502, code="upstream_error") from None
+        request.usage.prompt_tokens = result.prompt_tokens
+        request.usage.completion_tokens = result.completion_tokens
+        return result
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         """Relay a streaming request; yield deltas as upstream events arrive.
@@ -248,6 +251,8 @@ class UpstreamBackend:
         Token counts come from the upstream's final usage chunk (asked for with
         ``stream_options.include_usage``); an upstream that sends none gets 0 and 0 in
         ``StreamEnd``, since counting tokens here would need the upstream's tokenizer.
+        Until then ``request.usage`` counts one token per text delta (what servers send),
+        so a stream closed early is still charged about what it received.
         Errors after the first delta are raised from the iterator.
         """
         session = self._require_session()
@@ -265,6 +270,8 @@ class UpstreamBackend:
                 async for chunk in resp.content.iter_any():
                     if not state.done:
                         for delta in state.consume(parser.feed(chunk)):
+                            if delta.text:
+                                request.usage.completion_tokens += 1
                             yield delta
                 if not state.done:
                     for delta in state.consume(parser.flush()):
@@ -280,6 +287,9 @@ class UpstreamBackend:
             raise BackendError("upstream closed the stream before it finished", status=502,
                                code="upstream_error")
         usage = state.usage or {}
+        if usage:
+            request.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            request.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
         yield StreamEnd(prompt_tokens=int(usage.get("prompt_tokens") or 0),
                         completion_tokens=int(usage.get("completion_tokens") or 0))
 

@@ -7,6 +7,7 @@ Statuses come from the exception class, never from matching message text.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -96,7 +97,17 @@ class UpstreamError(APIError):
 
 
 def from_backend(exc: BackendError) -> APIError:
-    return UpstreamError(exc.message, status=exc.status, code=exc.code, param=exc.param)
+    """The client's error for a backend failure; a backend that sheds load (429, 503)
+    says when to come back, and that becomes ``Retry-After``."""
+    headers = None
+    if exc.retry_after is not None and exc.status in (429, 503):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if exc.status == 429:
+        return RateLimited(exc.message, code=exc.code, param=exc.param, headers=headers)
+    error = UpstreamError(exc.message, status=exc.status, code=exc.code, param=exc.param)
+    if headers:
+        error.headers = headers
+    return error
 
 
 def render(exc: APIError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

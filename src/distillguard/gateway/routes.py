@@ -19,7 +19,7 @@ from distillguard.backends.base import (
     StreamItem,
 )
 from distillguard.detection.features import request_features
-from distillguard.gateway import errors, schema
+from distillguard.gateway import errors, limits, schema
 from distillguard.gateway.context import RequestContext
 from distillguard.gateway.middleware import context_of
 from distillguard.gateway.state import Gateway
@@ -228,7 +228,16 @@ async def _sse(ctx: RequestContext, request: GenerationRequest,
         return
     finally:
         await _aclose(stream)
+        _charge(ctx, request)
     yield b"data: [DONE]\n\n"
+
+
+def _charge(ctx: RequestContext, request: GenerationRequest) -> None:
+    """Charge what the backend generated, whatever the client did: a stream closed
+    early or a client gone before the answer still pays for the tokens produced."""
+    usage = request.usage
+    ctx.prompt_tokens = max(ctx.prompt_tokens, usage.prompt_tokens)
+    ctx.completion_tokens = max(ctx.completion_tokens, usage.completion_tokens)
 
 
 async def _generate(request: Request, parse: Callable[..., GenerationRequest],
@@ -240,6 +249,7 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
     if isinstance(body.get("model"), str):
         ctx.model = body["model"]
     gen = parse(body, gateway.limits)
+    gen.account = ctx.account
     ctx.prompt = schema.prompt_text(gen)
     ctx.features = request_features(gen.messages, gen.prompt, body)
     _check_model(gateway, gen)
@@ -256,9 +266,12 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
     try:
-        result = await gateway.backend.complete(gen)
+        result = await limits.complete_unless_gone(request.receive,
+                                                   gateway.backend.complete(gen))
     except BackendError as exc:
         raise errors.from_backend(exc) from None
+    finally:
+        _charge(ctx, gen)
     ctx.prompt_tokens = result.prompt_tokens
     ctx.completion_tokens = result.completion_tokens
     if ctx.action == "degrade":
