@@ -35,6 +35,8 @@ from distillguard.telemetry.rows import (
     LAST_ID,
     dump_json,
     event_to_row,
+    histogram_sql,
+    recent_events_sql,
     row_to_event,
     select_events,
     select_events_after,
@@ -307,6 +309,19 @@ class PostgresStore:
             row = conn.execute("SELECT count(*) FROM request_events").fetchone()
         assert row is not None
         return int(row[0])
+
+    def recent_events(self, account: str, limit: int) -> list[RequestEvent]:
+        query, args = recent_events_sql("%s", account, limit)
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            return [row_to_event(r) for r in conn.execute(query, args).fetchall()]
+
+    def event_histogram(self, *, since: float, until: float, bucket_s: float,
+                        account: str | None = None) -> list[tuple[int, int, int]]:
+        query, args = histogram_sql("%s", since=since, until=until, bucket_s=bucket_s,
+                                    account=account, floor="CAST(FLOOR({}) AS INTEGER)")
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            rows = conn.execute(query, args).fetchall()
+        return [(int(b), int(n), int(a)) for b, n, a in rows]
 
     def close(self) -> None:
         self._control.close()

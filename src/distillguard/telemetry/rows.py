@@ -126,3 +126,26 @@ def select_events_after(placeholder: str) -> str:
 
 FIRST_ID_SINCE = "SELECT min(id) FROM request_events WHERE ts >= {p}"
 LAST_ID = "SELECT coalesce(max(id), 0) FROM request_events"
+
+def recent_events_sql(placeholder: str, account: str, limit: int) -> tuple[str, list[Any]]:
+    """The SELECT of ``Store.recent_events``: one account's latest events, newest first
+    (the ``(account, ts)`` index answers it without reading older rows)."""
+    return (f"SELECT {', '.join(EVENT_COLUMNS)} FROM request_events WHERE account = "
+            f"{placeholder} ORDER BY ts DESC, id DESC LIMIT {placeholder}", [account, limit])
+
+
+def histogram_sql(placeholder: str, *, since: float, until: float, bucket_s: float,
+                  account: str | None, floor: str) -> tuple[str, list[Any]]:
+    """The SELECT of ``Store.event_histogram``: (bucket index, requests, distinct
+    accounts) per ``bucket_s`` seconds from ``since``, over the ``ts`` index.
+
+    ``floor`` turns a non-negative float expression ``{}`` into an integer: SQLite's
+    CAST truncates, PostgreSQL's rounds, so each store says how."""
+    where = f"ts >= {placeholder} AND ts < {placeholder}"
+    args: list[Any] = [since, until]
+    if account is not None:
+        where += f" AND account = {placeholder}"
+        args.append(account)
+    bucket = floor.format(f"(ts - {placeholder}) / {placeholder}")
+    return (f"SELECT {bucket} AS b, count(*), count(DISTINCT account) FROM request_events "
+            f"WHERE {where} GROUP BY b ORDER BY b", [since, bucket_s, *args])

@@ -39,6 +39,8 @@ from distillguard.telemetry.rows import (
     KEY_COLUMNS,
     LAST_ID,
     event_to_row,
+    histogram_sql,
+    recent_events_sql,
     row_to_event,
     select_events,
     select_events_after,
@@ -312,6 +314,24 @@ class SQLiteStore:
         with self._tail_lock:
             row = self._read_conn().execute(FIRST_ID_SINCE.format(p="?"), (ts,)).fetchone()
         return int(row[0]) if row[0] is not None else self.last_event_id() + 1
+
+    def recent_events(self, account: str, limit: int) -> list[RequestEvent]:
+        query, args = recent_events_sql("?", account, limit)
+        return [row_to_event(r) for r in self._read(query, args)]
+
+    def event_histogram(self, *, since: float, until: float, bucket_s: float,
+                        account: str | None = None) -> list[tuple[int, int, int]]:
+        query, args = histogram_sql("?", since=since, until=until, bucket_s=bucket_s,
+                                    account=account, floor="CAST({} AS INTEGER)")
+        return [(int(b), int(n), int(a)) for b, n, a in self._read(query, args)]
+
+    def _read(self, query: str, args: list[Any]) -> list[Any]:
+        # Its own connection, as iter_events: an analyst's page never waits on the writer.
+        conn = sqlite3.connect(self._events_path, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            return conn.execute(query, args).fetchall()
+        finally:
+            conn.close()
 
     def close(self) -> None:
         with self._tail_lock:

@@ -125,6 +125,16 @@ class Store(Protocol):
         """The lowest id of an event with ``ts`` at or after ``ts`` (last id + 1 if none)."""
         ...
 
+    def recent_events(self, account: str, limit: int) -> list[RequestEvent]:
+        """The account's latest ``limit`` events, newest first."""
+        ...
+
+    def event_histogram(self, *, since: float, until: float, bucket_s: float,
+                        account: str | None = None) -> list[tuple[int, int, int]]:
+        """(bucket index, requests, distinct accounts) for each non-empty ``bucket_s``
+        bucket of ``since <= ts < until``, optionally one account's."""
+        ...
+
     def close(self) -> None:
         """Release connections. The store is unusable afterwards."""
         ...
