@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "distillguard.distill.cli",
     "distillguard.forensics.cli",
     "distillguard.simulate.cli",
+    "distillguard.console.cli",
 )
 
 

@@ -341,6 +341,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis_key_prefix", str, "distillguard:rl", "Prefix of the rate-limit keys "
             "in Redis, so that several deployments can share one Redis."),
     # --- end rate limit / upstream settings ---
+    # --- console settings ---
+    Setting("console_session_ttl", float, 28800.0, "Seconds an analyst's console session "
+            "lasts after logging in (default 8 hours); then the console asks to log in "
+            "again."),
+    Setting("console_forensics_dir", str, "", "Folder of evidence reports that "
+            "`distillguard forensics --out` wrote (each report a subfolder holding "
+            "evidence.json), listed on the console's Forensics page. Empty: "
+            "`data_dir/forensics`."),
+    # --- end console settings ---
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

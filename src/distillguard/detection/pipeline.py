@@ -225,6 +225,10 @@ class DetectionPipeline:
         self._campaign_of: dict[str, Campaign] = {}
         # digest of the prompt -> (topic, elicits, embedding); repeated prompts pay once.
         self._info: OrderedDict[int, tuple[int, bool, np.ndarray | None]] = OrderedDict()
+        # For the console's detection lag: when the last round ran (wall clock) and the
+        # arrival time of the newest event observed.
+        self.refreshed_at: float | None = None
+        self.newest_event_ts: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: Any = None) -> DetectionPipeline:
@@ -346,6 +350,8 @@ class DetectionPipeline:
         if acct.first_seen < 0:
             acct.first_seen = f.ts
         acct.last_seen = f.ts
+        if self.newest_event_ts is None or f.ts > self.newest_event_ts:
+            self.newest_event_ts = f.ts
         for signal, state in zip(self.signals, acct.states):
             signal.observe(state, f)
         acct.profile.observe(f)
@@ -418,6 +424,13 @@ class DetectionPipeline:
                                          signal.explain(value, base) if value is not None
                                          else None))
             return out
+
+    def profile_of(self, account: str) -> Profile | None:
+        """The account's campaign profile (prefixes, agents, templates, timing), or None;
+        the console draws a campaign's links from its members' profiles."""
+        with self._lock:
+            acct = self._accounts.get(account)
+            return acct.profile if acct is not None else None
 
     def accounts(self) -> list[str]:
         """Tracked accounts, least recently seen first."""
@@ -513,6 +526,7 @@ class DetectionPipeline:
                                        signup=self._signup_links())
             self._campaigns = campaigns
             self._campaign_of = {m: c for c in campaigns for m in c.core}
+            self.refreshed_at = time.time()
         return campaigns
 
     def campaigns(self) -> list[Campaign]:

@@ -15,6 +15,7 @@ from starlette.routing import Match, Route
 
 from distillguard.backends.base import Backend
 from distillguard.config import Settings
+from distillguard.console import views as console
 from distillguard.gateway import admin, analyst, errors, routes
 from distillguard.gateway.middleware import Admission, Authenticate, ErrorsAndEvents
 from distillguard.gateway.state import Gateway
@@ -79,6 +80,7 @@ def build_app(settings: Settings, *, backend: Backend | None = None, store: Any 
         Route("/metrics", routes.metrics, methods=["GET"]),
         *admin.ROUTES,
         *analyst.ROUTES,
+        *console.ROUTES,
     ]
     # Outermost first: errors and events see everything, including failed auth.
     middleware = [

@@ -1,0 +1,151 @@
+"""Analyst accounts and console sessions, in ``console.db`` under the data folder.
+
+Passwords are argon2id hashes (``argon2-cffi``). A session is a random token in an
+HttpOnly, SameSite=Strict cookie; the database keeps only its SHA-256, with the analyst,
+the session's CSRF token and its expiry, so sessions survive a restart, work across
+replicas sharing the folder, and a stolen database opens none of them. Only a successful
+log-in writes a row, and each log-in deletes expired sessions: unauthenticated requests
+cannot grow the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+CONSOLE_DB = "console.db"
+NAME = re.compile(r"^[\w.@-]{1,100}$")
+# The analyst name admin-token sessions are audited under.
+ADMIN_ANALYST = "admin"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS analysts (
+    name        TEXT PRIMARY KEY,
+    hash        TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash  TEXT PRIMARY KEY,
+    analyst     TEXT NOT NULL,
+    csrf        TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """A logged-in analyst: who, the CSRF token their forms carry, and when it ends."""
+
+    analyst: str
+    csrf: str
+    expires_at: float
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AnalystStore:
+    """Analysts and sessions in one SQLite file; a connection per call, so nothing to
+    close and safe from any thread."""
+
+    def __init__(self, directory: str | Path, *, clock: Callable[[], float] = time.time
+                 ) -> None:
+        from argon2 import PasswordHasher
+
+        self.path = Path(directory) / CONSOLE_DB
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self._hasher = PasswordHasher()
+        # A hash to verify against for unknown names, so timing does not tell them apart.
+        self._dummy = self._hasher.hash(secrets.token_hex(16))
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+        self.path.chmod(0o600)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=5.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        return conn
+
+    # --- analysts ----------------------------------------------------------------------
+    def create(self, name: str, password: str) -> None:
+        """Add an analyst (ValueError for a bad name, a short password or a taken name)."""
+        if not NAME.match(name) or name == ADMIN_ANALYST:
+            raise ValueError("an analyst name is 1-100 letters, digits, '.', '@', '_' or "
+                             f"'-', and not {ADMIN_ANALYST!r}")
+        if len(password) < 12:
+            raise ValueError("the password must have at least 12 characters")
+        try:
+            with self._connect() as conn:
+                conn.execute("INSERT INTO analysts VALUES (?, ?, ?)",
+                             (name, self._hasher.hash(password), self.clock()))
+        except sqlite3.IntegrityError:
+            raise ValueError(f"analyst {name!r} exists already") from None
+
+    def delete(self, name: str) -> bool:
+        """Remove an analyst and end their sessions; False when there was none."""
+        with self._connect() as conn:
+            gone = conn.execute("DELETE FROM analysts WHERE name = ?", (name,)).rowcount
+            conn.execute("DELETE FROM sessions WHERE analyst = ?", (name,))
+        return bool(gone)
+
+    def names(self) -> list[tuple[str, float]]:
+        """(name, created_at) of every analyst."""
+        with self._connect() as conn:
+            return conn.execute("SELECT name, created_at FROM analysts ORDER BY name").fetchall()
+
+    def check_password(self, name: str, password: str) -> bool:
+        """True when ``password`` is the analyst's (constant work for unknown names)."""
+        from argon2.exceptions import InvalidHashError, VerificationError
+
+        with self._connect() as conn:
+            row = conn.execute("SELECT hash FROM analysts WHERE name = ?", (name,)).fetchone()
+        try:
+            return bool(self._hasher.verify(row[0] if row else self._dummy, password)) and \
+                row is not None
+        except (VerificationError, InvalidHashError):
+            return False
+
+    # --- sessions ----------------------------------------------------------------------
+    def open_session(self, analyst: str, ttl: float) -> tuple[str, Session]:
+        """A new session for ``analyst``: (cookie token, session)."""
+        token = secrets.token_urlsafe(32)
+        now = self.clock()
+        session = Session(analyst, secrets.token_urlsafe(32), now + ttl)
+        with self._connect() as conn:
+            conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+            conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+                         (_digest(token), analyst, session.csrf, now, session.expires_at))
+        return token, session
+
+    def session(self, token: str | None) -> Session | None:
+        """The live session of a cookie token, or None (unknown or expired)."""
+        if not token or len(token) > 100:
+            return None
+        with self._connect() as conn:
+            row = conn.execute("SELECT analyst, csrf, expires_at FROM sessions WHERE "
+                               "token_hash = ?", (_digest(token),)).fetchone()
+        if row is None or row[2] <= self.clock():
+            return None
+        return Session(*row)
+
+    def close_session(self, token: str | None) -> None:
+        """Log out: forget the session."""
+        if token:
+            with self._connect() as conn:
+                conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_digest(token),))
+
+
+def same(a: str | None, b: str | None) -> bool:
+    """Constant-time equality of two optional strings (False when either is missing)."""
+    return bool(a) and bool(b) and hmac.compare_digest(str(a).encode(), str(b).encode())

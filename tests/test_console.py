@@ -1,0 +1,206 @@
+"""The console over HTTP in-process: log-in and its refusals, CSRF, session expiry,
+acting on an account with the next API request refused, analysts from the CLI."""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ADMIN_TOKEN
+from distillguard.detection.pipeline import DetectionPipeline
+from distillguard.policy.engine import PolicyEngine
+from test_detection import harvester, population
+
+
+async def _detected(harness_factory, **overrides):
+    h = await harness_factory(**overrides)
+    gateway = h.gateway
+    if getattr(gateway, "detection", None) is None:
+        gateway.detection = DetectionPipeline(gateway.settings, store=gateway.store)
+    if getattr(gateway, "policy", None) is None:
+        gateway.policy = PolicyEngine.from_settings(gateway.settings)
+    for e in sorted(population(random.Random(2)) + harvester(), key=lambda e: e.ts):
+        gateway.detection.observe(e)
+    gateway.detection.refresh()
+    return h
+
+
+@pytest.fixture
+async def console(harness_factory):
+    return await _detected(harness_factory)
+
+
+def by_analysts(h, account: str) -> list:
+    """Audit entries an analyst made (detection's own rules may act meanwhile)."""
+    return [e for e in h.gateway.policy.audit(account=account)
+            if e.author.startswith("analyst:")]
+
+
+def _field(html: str, name: str) -> str:
+    m = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert m, f"no {name} field in the page"
+    return m.group(1)
+
+
+async def login(client, name: str = "", secret: str = ADMIN_TOKEN):
+    page = await client.get("/console/login")
+    return await client.post("/console/login", data={
+        "login_token": _field(page.text, "login_token"), "name": name, "secret": secret,
+        "next": "/console/accounts"})
+
+
+async def test_admin_token_logs_in_and_cookie_is_strict(console):
+    async with console.http() as client:
+        r = await client.get("/console/accounts")
+        assert r.status_code == 303 and r.headers["location"].startswith("/console/login")
+        r = await login(client)
+        assert r.status_code == 303 and r.headers["location"] == "/console/accounts"
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "max-age=" in cookie
+        r = await client.get("/console/accounts")
+        assert r.status_code == 200
+        assert "default-src 'none'" in r.headers["content-security-policy"]
+        first = re.search(r'<a href="/console/accounts/([^"]+)">', r.text).group(1)
+        assert first == "harvest"
+
+
+async def test_wrong_token_or_password_is_refused(console):
+    async with console.http() as client:
+        r = await login(client, secret="not-the-token")
+        assert r.status_code == 403 and "Wrong name, password or admin token" in r.text
+        assert "dg_console=" not in r.headers.get("set-cookie", "")
+        r = await login(client, name="nobody", secret="whatever-long-enough")
+        assert r.status_code == 403
+        assert (await client.get("/console/")).status_code == 303
+
+
+async def test_login_needs_the_forms_own_token(console):
+    async with console.http() as client:
+        r = await client.post("/console/login", data={"name": "", "secret": ADMIN_TOKEN})
+        assert r.status_code == 403 and "dg_console=" not in r.headers.get("set-cookie", "")
+
+
+async def test_block_from_the_console_refuses_the_next_api_request(console):
+    key = console.key("harvest")
+    async with console.http() as client:
+        await login(client)
+        page = await client.get("/console/accounts/harvest")
+        assert page.status_code == 200 and "population median" in page.text
+        assert 'value="block"' in page.text
+        r = await client.post("/console/accounts/harvest/action", data={
+            "csrf": _field(page.text, "csrf"), "kind": "block", "reason": "harvesting",
+            "ttl": ""})
+        assert r.status_code == 303
+        page = await client.get(r.headers["location"])
+        assert "Done: block" in page.text
+    sdk = console.sdk(key)
+    with pytest.raises(Exception) as err:
+        await sdk.chat.completions.create(model="echo",
+                                          messages=[{"role": "user", "content": "hi"}])
+    assert getattr(err.value, "status_code", None) == 403
+    entry = console.gateway.policy.audit(account="harvest")[0]
+    assert (entry.author, entry.kind, entry.reason) == ("analyst:admin", "block", "harvesting")
+
+
+async def test_post_without_csrf_is_refused_and_changes_nothing(console):
+    async with console.http() as client:
+        await login(client)
+        r = await client.post("/console/accounts/harvest/action",
+                              data={"kind": "block", "reason": "x"})
+        assert r.status_code == 403 and "security token" in r.text
+        r = await client.post("/console/accounts/harvest/action",
+                              data={"kind": "block", "reason": "x", "csrf": "forged"})
+        assert r.status_code == 403
+    assert not by_analysts(console, "harvest")
+
+
+async def test_reason_is_required(console):
+    async with console.http() as client:
+        await login(client)
+        page = await client.get("/console/accounts/harvest")
+        r = await client.post("/console/accounts/harvest/action", data={
+            "csrf": _field(page.text, "csrf"), "kind": "block", "reason": "  "})
+        assert r.status_code == 400 and "reason" in r.text
+    assert not by_analysts(console, "harvest")
+
+
+async def test_expired_session_is_refused(harness_factory):
+    h = await _detected(harness_factory, console_session_ttl=1.0)
+    async with h.http() as client:
+        await login(client)
+        page = await client.get("/console/accounts/harvest")
+        assert page.status_code == 200
+        csrf = _field(page.text, "csrf")
+        time.sleep(1.1)
+        assert (await client.get("/console/accounts/harvest")).status_code == 303
+        r = await client.post("/console/accounts/harvest/action",
+                              data={"csrf": csrf, "kind": "block", "reason": "late"})
+        assert r.status_code == 403
+    assert not by_analysts(h, "harvest")
+
+
+def test_analysts_cli_creates_an_analyst_whose_actions_carry_their_name(tmp_path):
+    data = str(tmp_path / "data")
+    cmd = [sys.executable, "-m", "distillguard.cli", "--data-dir", data, "analysts"]
+    r = subprocess.run([*cmd, "create", "ann"], input="correct horse battery\n",
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*cmd, "create", "bob"], input="short\n", capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "12 characters" in r.stderr
+    listed = subprocess.run([*cmd, "list"], capture_output=True, text=True).stdout
+    assert listed.startswith("ann\t")
+    from distillguard.console.auth import AnalystStore
+
+    store = AnalystStore(data)
+    assert store.check_password("ann", "correct horse battery")
+    assert not store.check_password("ann", "wrong horse battery")
+    assert "correct horse" not in (tmp_path / "data" / "console.db").read_bytes().decode(
+        "latin-1")
+
+
+async def test_analyst_login_audits_under_their_name(console):
+    from distillguard.console.auth import AnalystStore
+
+    AnalystStore(console.gateway.settings.data_path).create("ann", "correct horse battery")
+    async with console.http() as client:
+        r = await login(client, name="ann", secret="correct horse battery")
+        assert r.status_code == 303
+        page = await client.get("/console/accounts/user3")
+        r = await client.post("/console/accounts/user3/action", data={
+            "csrf": _field(page.text, "csrf"), "kind": "throttle", "reason": "bursty",
+            "rate_factor": "0.5", "ttl": "1h"})
+        assert r.status_code == 303
+        audit = await client.get("/console/audit")
+        assert "analyst:ann" in audit.text and "bursty" in audit.text
+    action = console.gateway.policy.current_action("user3")
+    assert (action.kind, action.rate_factor, action.author) == ("throttle", 0.5, "analyst:ann")
+
+
+async def test_every_page_renders(console, tmp_path):
+    import json
+
+    folder = console.gateway.settings.data_path / "forensics" / "suspect-a"
+    folder.mkdir(parents=True)
+    (folder / "evidence.json").write_text(json.dumps({
+        "verdict": "learned from our outputs", "p_value": 1e-9, "alpha": 1e-3,
+        "command": "distillguard forensics corpus x", "tests": [], "key_ids": ["wk1"]}))
+    async with console.http() as client:
+        await login(client)
+        campaigns = console.gateway.detection.campaigns()
+        pages = ["/console/", "/console/accounts?action=none&page=2",
+                 "/console/accounts?signal=elicitation", "/console/campaigns",
+                 "/console/forensics", "/console/forensics/suspect-a", "/console/audit"]
+        pages += [f"/console/campaigns/{c.campaign_id}" for c in campaigns[:1]]
+        for path in pages:
+            r = await client.get(path)
+            assert r.status_code == 200, path
+        assert "learned from our outputs" in (await client.get("/console/forensics")).text
+        assert (await client.get("/console/forensics/..%2F..")).status_code == 404
+        assert (await client.get("/console/accounts?action=ban")).status_code == 400
+        assert (await client.get("/console/accounts/nobody-here")).status_code == 404
