@@ -304,3 +304,19 @@ def test_reads_from_threads_while_the_writer_writes(store: Store) -> None:
             thread.join()
     assert errors == []
     assert store.count_events() == 2000
+
+
+def test_recent_events_and_histogram_read_by_index(store: Store):
+    t0 = 1_700_000_000.0
+    events = [make_event(i, ts=t0 + 10 * i, account="acme" if i % 3 else "zeta")
+              for i in range(30)]
+    store.write_events(events)
+    recent = store.recent_events("acme", 5)
+    assert [e.ts for e in recent] == sorted((e.ts for e in events if e.account == "acme"),
+                                            reverse=True)[:5]
+    # 300 s in buckets of 100 s: 10 events each, both accounts in every bucket.
+    rows = store.event_histogram(since=t0, until=t0 + 300, bucket_s=100.0)
+    assert rows == [(0, 10, 2), (1, 10, 2), (2, 10, 2)]
+    rows = store.event_histogram(since=t0 + 5, until=t0 + 300, bucket_s=100.0, account="zeta")
+    assert sum(n for _, n, _ in rows) == 9 and all(a == 1 for _, _, a in rows)
+    assert [b for b, _, _ in rows] == [0, 1, 2]

@@ -223,11 +223,14 @@ def _traffic(gateway: Any, account: str | None = None, window: float = 86400.0
 
 def _detection_status(gateway: Any) -> dict[str, Any]:
     detection = getattr(gateway, "detection", None)
+    runner = getattr(gateway, "runner", None)
     return {
         "interval": gateway.settings.detection_interval,
         "refreshed_at": getattr(detection, "refreshed_at", None),
         "newest_event": getattr(detection, "newest_event_ts", None),
-        "dropped": getattr(gateway, "detection_dropped", 0),
+        # The runner reads the durable log; its backlog and lag are also on /metrics.
+        "backlog": runner.backlog() if runner is not None else None,
+        "lag_s": runner.lag_seconds() if runner is not None else None,
         "tracked": len(detection.accounts()) if detection is not None else 0,
     }
 
