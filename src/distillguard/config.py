@@ -327,8 +327,6 @@ SETTINGS: tuple[Setting, ...] = (
             "address may hold (further connections are closed at once; 0: no limit)."),
     Setting("http_max_header_bytes", int, 32_768, "Largest request head (request line and "
             "headers) the server buffers (431 / closed above)."),
-    Setting("event_max_field_chars", int, 512, "Longest user agent, endpoint or other "
-            "client-chosen string stored in a request event (longer ones are cut)."),
     # --- end flood settings ---
     # --- local backend settings (local backend engineer edits only this block) ---
     # --- end local backend settings ---

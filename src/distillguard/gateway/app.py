@@ -17,6 +17,7 @@ from distillguard.backends.base import Backend
 from distillguard.config import Settings
 from distillguard.console import views as console
 from distillguard.gateway import admin, analyst, errors, routes
+from distillguard.gateway.limits import ConcurrencyLimiter
 from distillguard.gateway.middleware import Admission, Authenticate, ErrorsAndEvents
 from distillguard.gateway.state import Gateway
 
@@ -82,6 +83,9 @@ def build_app(settings: Settings, *, backend: Backend | None = None, store: Any 
         *analyst.ROUTES,
         *console.ROUTES,
     ]
+    gateway.concurrency = ConcurrencyLimiter(settings.max_concurrent_per_account)
+    # Metrics label series by these templates only (any other path: "unmatched").
+    gateway.metrics.routes = frozenset(r.path for r in app_routes if hasattr(r, "path"))
     # Outermost first: errors and events see everything, including failed auth.
     middleware = [
         Middleware(ErrorsAndEvents, gateway=gateway),

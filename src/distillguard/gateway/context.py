@@ -25,7 +25,7 @@ class RequestContext:
     __slots__ = ("ts", "started", "request_id", "endpoint", "client_addr", "user_agent",
                  "status", "account", "key_id", "model", "params", "prompt", "prompt_tokens",
                  "completion_tokens", "stream", "error_type", "error_code", "watermark",
-                 "action", "features")
+                 "action", "features", "key_created_at")
 
     def __init__(self, endpoint: str, client_addr: str | None, user_agent: str | None) -> None:
         self.ts = time.time()
@@ -37,6 +37,7 @@ class RequestContext:
         self.status = 0
         self.account: str | None = None
         self.key_id: str | None = None
+        self.key_created_at: float | None = None  # admission ranks older accounts first
         self.model: str | None = None
         self.params: dict[str, Any] = {}
         self.prompt: str | None = None

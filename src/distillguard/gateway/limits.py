@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from distillguard.gateway import errors
@@ -257,6 +257,20 @@ def server_config(app: Any, settings: Settings, *, guard: ConnectionGuard | None
 
 # -- admission helpers ---------------------------------------------------------------
 
+ESTABLISHED = 1
+
+
+def standing(ctx: Any, established_age: float, now: float) -> int:
+    """The request's rank for the backend's queue: ``ESTABLISHED`` (served first, shed
+    last) when its key is at least ``established_age`` seconds old and the account is
+    under no policy action, else 0. Key age stands for account age: a sybil farm's keys
+    are days old at most, a paying customer's months."""
+    created = ctx.key_created_at
+    if created is None or ctx.action is not None:
+        return 0
+    return ESTABLISHED if now - created >= established_age else 0
+
+
 class ConcurrencyLimiter:
     """At most ``limit`` requests in flight per account in this process (0: no limit).
 
@@ -270,12 +284,11 @@ class ConcurrencyLimiter:
         self.in_flight: dict[str, int] = {}
         self.refused = 0
 
-    @contextlib.asynccontextmanager
-    async def hold(self, account: str | None) -> AsyncIterator[None]:
-        """Count one request of ``account`` while the block runs; 429 if over the limit."""
+    def acquire(self, account: str | None) -> Callable[[], None]:
+        """Count one request of ``account`` (429 if over the limit); returns the
+        function that releases it, safe to call more than once."""
         if self.limit <= 0 or account is None:
-            yield
-            return
+            return _nothing
         count = self.in_flight.get(account, 0)
         if count >= self.limit:
             self.refused += 1
@@ -284,14 +297,39 @@ class ConcurrencyLimiter:
                 "at once. Try again in 1 s.", code="too_many_concurrent_requests",
                 headers={"Retry-After": "1"})
         self.in_flight[account] = count + 1
-        try:
-            yield
-        finally:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             left = self.in_flight[account] - 1
             if left:
                 self.in_flight[account] = left
             else:
                 del self.in_flight[account]
+
+        return release
+
+
+def _nothing() -> None:
+    return None
+
+
+class Held:
+    """An ASGI response that calls ``release`` once it is sent (or fails), so that a
+    stream holds its account's concurrency slot for as long as it runs."""
+
+    def __init__(self, response: Any, release: Callable[[], None]) -> None:
+        self.response = response
+        self.release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            self.release()
 
 
 def check_cost(request: GenerationRequest, cap: int) -> None:

@@ -21,10 +21,20 @@ def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
     return "{" + inner + "}"
 
 
-class Metrics:
-    """The gateway's request, latency, token and error metrics."""
+UNMATCHED = "unmatched"
 
-    def __init__(self) -> None:
+
+class Metrics:
+    """The gateway's request, latency, token and error metrics.
+
+    Series are labelled by route template, never by the raw path: ``routes`` (the app's
+    paths, set by ``build_app``) lists the endpoints that get their own series, and any
+    other path counts under ``unmatched``. Why: 20,000 keyless ``GET /v1/<random>`` made
+    380k series (39.5 MB, 0.58 s per render on the event loop) when paths were labels.
+    """
+
+    def __init__(self, routes: set[str] | frozenset[str] | None = None) -> None:
+        self.routes = frozenset(routes or ())
         self.requests: dict[tuple[str, str], int] = defaultdict(int)
         self.errors: dict[str, int] = defaultdict(int)
         self.tokens: dict[str, int] = defaultdict(int)
@@ -36,6 +46,8 @@ class Metrics:
     def observe(self, endpoint: str, status: int, seconds: float, *,
                 prompt_tokens: int = 0, completion_tokens: int = 0,
                 error_type: str | None = None) -> None:
+        if endpoint not in self.routes and endpoint != "other":
+            endpoint = UNMATCHED
         self.requests[(endpoint, str(status))] += 1
         buckets = self._buckets.get(endpoint)
         if buckets is None:

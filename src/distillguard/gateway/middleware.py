@@ -131,6 +131,7 @@ class Authenticate:
         ctx = context_of(scope)
         ctx.account = record.account
         ctx.key_id = record.key_id
+        ctx.key_created_at = record.created_at
         await self.app(scope, receive, send)
 
 

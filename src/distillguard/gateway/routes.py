@@ -241,19 +241,35 @@ def _charge(ctx: RequestContext, request: GenerationRequest) -> None:
 
 
 async def _generate(request: Request, parse: Callable[..., GenerationRequest],
-                    render: Callable[..., dict[str, Any]]) -> Response:
+                    render: Callable[..., dict[str, Any]]) -> Response | limits.Held:
     gateway = gateway_of(request)
+    settings = gateway.settings
     ctx = context_of(request.scope)
-    body = await read_json(request, gateway.settings.max_body_bytes)
+    body = await read_json(request, settings.max_body_bytes)
     ctx.params = schema.recorded_params(body)
     if isinstance(body.get("model"), str):
         ctx.model = body["model"]
     gen = parse(body, gateway.limits)
+    limits.check_cost(gen, settings.max_request_tokens)
     gen.account = ctx.account
+    gen.priority = limits.standing(ctx, settings.established_account_age, time.time())
     ctx.prompt = schema.prompt_text(gen)
     ctx.features = request_features(gen.messages, gen.prompt, body)
     _check_model(gateway, gen)
     _apply_watermark(gateway, ctx, gen)
+    # The slot is held until the last byte is sent (a stream's too), then released.
+    release = gateway.concurrency.acquire(ctx.account)
+    try:
+        response = await _respond(request, gateway, ctx, gen, body, render)
+    except BaseException:
+        release()
+        raise
+    return limits.Held(response, release)
+
+
+async def _respond(request: Request, gateway: Gateway, ctx: RequestContext,
+                   gen: GenerationRequest, body: dict[str, Any],
+                   render: Callable[..., dict[str, Any]]) -> Response:
     rid = ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + ctx.request_id
     created = int(time.time())
     if body.get("stream"):
@@ -280,11 +296,11 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
     return json_response(render(rid, created, gen.model, result))
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> Response | limits.Held:
     return await _generate(request, schema.parse_chat, _chat_body)
 
 
-async def completions(request: Request) -> Response:
+async def completions(request: Request) -> Response | limits.Held:
     return await _generate(request, schema.parse_completion, _text_body)
 
 
