@@ -2,6 +2,9 @@
 
 Each package that offers commands exposes ``add_commands(subparsers)``; this module
 builds the settings once and hands them to the chosen command as ``args.settings``.
+Only the chosen command's module is imported (``COMMANDS`` lists every command with its
+help, so ``distillguard --help`` imports none of them and starts in a fraction of a
+second); a test checks that the modules register exactly the commands listed here.
 """
 
 from __future__ import annotations
@@ -14,17 +17,26 @@ from collections.abc import Sequence
 
 from distillguard.config import SETTINGS, Settings, SettingsError
 
-# Packages whose commands the CLI offers, in the order `--help` lists them.
-COMMAND_MODULES = (
-    "distillguard.telemetry.cli",
-    "distillguard.watermark.cli",
-    "distillguard.detection.cli",
-    "distillguard.detection.worker",
-    "distillguard.distill.cli",
-    "distillguard.forensics.cli",
-    "distillguard.simulate.cli",
-    "distillguard.console.cli",
-)
+# Every command a package module adds: name -> (module, help), in the order --help lists
+# them. The help must be the one the module gives (tests/test_lean.py checks both).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "keys": ("distillguard.telemetry.cli", "Create, list and revoke API keys."),
+    "events": ("distillguard.telemetry.cli", "Export and count request events."),
+    "wm": ("distillguard.watermark.cli", "watermark detection and keys"),
+    "detection": ("distillguard.detection.cli", "harvest detection tools"),
+    "detect": ("distillguard.detection.worker", "run detection as its own service "
+               "(gateways with detection_mode = external feed it)"),
+    "distill": ("distillguard.distill.cli", "harvest outputs through a gateway and train a "
+                "student on them (what a distiller does)"),
+    "forensics": ("distillguard.forensics.cli", "test a suspect model or corpus for our "
+                  "watermark; write evidence"),
+    "simulate": ("distillguard.simulate.cli", "run a traffic scenario against detection "
+                 "and report metrics"),
+    "analysts": ("distillguard.console.cli", "manage analyst log-ins for the console at "
+                 "/console/"),
+}
+# The modules, in order; build_parser() with no command imports them all.
+COMMAND_MODULES = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
 
 
 def settings_markdown() -> str:
@@ -62,6 +74,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from distillguard.gateway.limits import server_config
 
     settings: Settings = args.settings
+    from distillguard.backends.base import BACKENDS
+    from distillguard.registry import RegistryError
+
+    try:
+        # Import the backend now, so that a missing extra is one line, not a traceback
+        # from inside uvicorn's start-up.
+        BACKENDS.get(settings.backend)
+    except RegistryError as exc:
+        print(f"distillguard: {exc}", file=sys.stderr)
+        return 2
     app = build_app(settings)
     print(f"distillguard: serving on http://{settings.host}:{settings.port}/v1 "
           f"(backend {settings.backend}, data in {settings.data_path})", file=sys.stderr,
@@ -71,10 +93,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with ``command`` one that imports only that command's module
+    (``""``: none, enough for ``--help``); other commands are listed by name and help."""
     parser = argparse.ArgumentParser(
         prog="distillguard",
         description="A gateway that defends a model API against distillation.")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print the installed version and exit")
     parser.add_argument("--config", help="TOML settings file (default: $DISTILLGUARD_CONFIG)")
     parser.add_argument("--data-dir", help="folder for state (default: "
                         "$DISTILLGUARD_DATA_DIR or ~/.local/share/distillguard)")
@@ -92,16 +118,51 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("settings", help="print every setting with its default and help")
     show.set_defaults(func=_cmd_settings)
 
-    for name in COMMAND_MODULES:
+    if command is None:
+        modules: tuple[str, ...] = COMMAND_MODULES
+    else:
+        modules = (COMMANDS[command][0],) if command in COMMANDS else ()
+    for name in modules:
         importlib.import_module(name).add_commands(sub)
+    for name, (_, text) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=text)
     return parser
+
+
+class _Version(argparse.Action):
+    # argparse's own "version" action wants the string while the parser is built, and
+    # reading package metadata would then slow every start, --help included.
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        import distillguard
+
+        print(f"distillguard {distillguard.__version__}")
+        parser.exit()
+
+
+_VALUED_OPTIONS = {"--config", "--data-dir"}
+
+
+def _command_word(argv: Sequence[str]) -> str:
+    """The command named in ``argv`` ("" when there is none), skipping global options."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUED_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return ""
 
 
 _OVERRIDES = ("data_dir", "host", "port", "backend", "upstream_url", "model_name")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_word(argv))
     args = parser.parse_args(argv)
     overrides = {name: getattr(args, name, None) for name in _OVERRIDES}
     try:

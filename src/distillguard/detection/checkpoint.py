@@ -29,6 +29,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -139,7 +140,14 @@ class CheckpointStore:
                     "state bytea NOT NULL)")
             self._mark = "%s"
         else:
-            self._conn = sqlite3.connect(sqlite_path, timeout=5, isolation_level=None,
+            # Owner-only like the other state files: the state names accounts.
+            from distillguard.datadir import private_dir, private_file
+
+            if str(sqlite_path) != ":memory:":
+                private_dir(Path(sqlite_path).parent)
+                private_file(sqlite_path)
+            self._conn = sqlite3.connect(sqlite_path, timeout=5,
+                                         isolation_level=None,
                                          check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(

@@ -31,6 +31,8 @@ from ShareGPT by ``scripts/build_priors.py``). Each reason says which one it use
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import logging
 import threading
 import time
 import zlib
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from distillguard.config import Settings
     from distillguard.detection.embedder import Embedder
     from distillguard.telemetry.events import RequestEvent
+
+log = logging.getLogger("distillguard.detection")
 
 _EMBED_CHARS = 1000
 _INFO_CACHE = 50_000
@@ -234,7 +238,11 @@ class DetectionPipeline:
     def from_settings(cls, settings: Settings, *, store: Any = None) -> DetectionPipeline:
         """The pipeline the settings describe (MiniLM embeddings when enabled)."""
         embedder = None
-        if settings.detection_embeddings:
+        if settings.detection_embeddings and not _embeddings_installed():
+            log.warning("detection_embeddings is on but torch/transformers are not "
+                        "installed (pip install 'distillguard[local]'): the coverage and "
+                        "elicitation signals use their lexical part only")
+        elif settings.detection_embeddings:
             from distillguard.detection.embedder import CachedEmbedder, MiniLMEmbedder
 
             embedder = CachedEmbedder(MiniLMEmbedder(),
@@ -543,3 +551,12 @@ class DetectionPipeline:
         """The population baselines of the last ``refresh``, by signal name."""
         with self._lock:
             return dict(self._baselines)
+
+
+def _embeddings_installed() -> bool:
+    # A lean install (no `local` extra) has no torch: detection runs on lexical features.
+    try:
+        return all(importlib.util.find_spec(name) is not None
+                   for name in ("torch", "transformers"))
+    except (ImportError, ValueError):  # a finder that refuses the module, a broken stub
+        return False

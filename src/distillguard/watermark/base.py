@@ -7,10 +7,12 @@ A backend prepares one row's next-token logits (temperature applied, top-p filte
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch  # annotations only: detection runs without torch
 
 
 @runtime_checkable

@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from scipy import special
 
 from distillguard.registry import RegistryError
 from distillguard.watermark.base import RowSampler
 from distillguard.watermark.keyed import SEEDINGS, KeyedPartition, threshold, to_unit
 from distillguard.watermark.registry import SCHEMES
+
+if TYPE_CHECKING:
+    # Only generation touches tensors; detection (scores and p-values) runs without torch,
+    # so a lean install can detect. Generation paths import it where they use it.
+    import torch
 
 
 def register(cls: type[Scheme]) -> type[Scheme]:
@@ -67,6 +71,8 @@ def sample_plain(logits: torch.Tensor, greedy: bool, generator: torch.Generator 
         return int(np.argmax(x))
     x -= x.max()
     np.exp(x, out=x)  # -inf (outside top-p) becomes exactly 0
+    import torch
+
     return _inverse_cdf(x, float(torch.rand(1, generator=generator)))
 
 
@@ -232,6 +238,8 @@ class GreenList(Scheme):
         if seed is None:
             return logits
         mask = self.green_mask(partition, seed, logits.shape[-1], out=buf)
+        import torch
+
         mask_t = torch.from_numpy(mask).to(logits.device)
         return torch.where(mask_t, logits + self.effective_delta * scale, logits)
 
@@ -358,6 +366,8 @@ class Exponential(Scheme):
             return logits
         t = temperature if temperature > 0 else self.greedy_temperature
         token = self.choose(partition, seed, logits / t)
+        import torch
+
         forced = torch.full_like(logits, float("-inf"))
         forced[token] = 0.0
         return forced

@@ -16,10 +16,9 @@ import time
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from distillguard.watermark import detector
 from distillguard.watermark.base import RowSampler
@@ -27,6 +26,9 @@ from distillguard.watermark.keyed import KeyedPartition
 from distillguard.watermark.keys import KEY_FILE_NAME, KeyRing, KeyRingError, WatermarkKey
 from distillguard.watermark.registry import SCHEMES
 from distillguard.watermark.schemes import Scheme, get_scheme, sample_plain
+
+if TYPE_CHECKING:
+    import torch  # annotations only: detection runs without torch
 
 log = logging.getLogger(__name__)
 
@@ -236,13 +238,41 @@ class WatermarkService:
     def tokenizer(self) -> Any:
         """The detection tokenizer, loaded on first use."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
             path = self._tokenizer_path
             if isinstance(path, _LazyEmbedded):
                 path = path.resolve()
-            self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self._tokenizer = load_tokenizer(Path(str(path)))
         return self._tokenizer
+
+
+class _FastTokenizer:
+    """A ``tokenizers.Tokenizer`` called the way a transformers tokenizer is."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def __call__(self, text: str, *, add_special_tokens: bool = True,
+                 verbose: bool = True) -> dict[str, list[int]]:
+        encoding = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return {"input_ids": list(encoding.ids)}
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The tokenizer in ``folder``: transformers' when it is installed (the ``local``
+    extra), else the folder's ``tokenizer.json`` through the ``tokenizers`` package, which
+    a lean install has (both run the same fast tokenizer for the models we serve)."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        file = folder / "tokenizer.json"
+        if not file.is_file():
+            raise RuntimeError(f"no tokenizer.json in {folder}: detection without "
+                               "transformers needs one (or pip install "
+                               "'distillguard[local]')") from None
+        from tokenizers import Tokenizer
+
+        return _FastTokenizer(Tokenizer.from_file(str(file)))
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 class _LazyEmbedded:
@@ -254,4 +284,12 @@ class _LazyEmbedded:
     def resolve(self) -> Path:
         from distillguard.backends.model_cache import ensure_converted
 
-        return ensure_converted(self.cache_dir)
+        try:
+            return ensure_converted(self.cache_dir)
+        except ImportError as exc:
+            # A converted folder is reused without transformers; converting needs it.
+            raise RuntimeError(
+                f"the embedded model's tokenizer must be converted from its GGUF file once, "
+                f"which needs {exc.name} (pip install 'distillguard[local]'); or set "
+                "local_model_path to the served model's folder (with tokenizer.json)"
+            ) from None
