@@ -330,6 +330,60 @@ SETTINGS: tuple[Setting, ...] = (
     # --- end flood settings ---
     # --- local backend settings (local backend engineer edits only this block) ---
     # --- end local backend settings ---
+    # --- signup settings (sign-up, screening, step-up: signup/ package) ---
+    Setting("signup_mode", str, "closed", "Who may create an account through /signup: "
+            "`closed` (nobody: keys only from the CLI and admin API), `verify` (anyone who "
+            "confirms an email link), `waitlist` (confirmed addresses wait for an admin to "
+            "approve them) or `open` (a key at once, no email; addresses can then be "
+            "enumerated). The sign-up circuit breaker moves verify and open to waitlist."),
+    Setting("public_url", str, "", "Public base URL of this gateway (`https://api.example."
+            "com`), used for the links in emails and step-up errors; required unless "
+            "signup_mode is closed."),
+    Setting("smtp_url", Secret, Secret(""), "Mail server for sign-up and step-up mail: "
+            "`smtp://user:password@host:25` (plain), `smtp+starttls://...` (STARTTLS "
+            "required) or `smtps://...` (TLS from the start). Kept secret: it holds a "
+            "password."),
+    Setting("smtp_from", str, "", "From address of sign-up mail. Empty: distillguard@ the "
+            "host of public_url."),
+    Setting("smtp_timeout", float, 10.0, "Seconds to wait for the mail server."),
+    Setting("signup_secret", Secret, Secret(""), "HMAC key of sign-up puzzles, no-JS wait "
+            "tickets and step-up links (at least 16 characters). Empty: a random key is "
+            "created in data_dir/signup.key (mode 0600) on first start."),
+    Setting("signup_token_ttl", float, 86_400.0, "Seconds an emailed sign-up or step-up "
+            "link stays valid (each link works once)."),
+    Setting("signup_domains_file", str, "", "Text file of email domains, one a line: "
+            "`deny example.com` or `allow example.com` (allow wins over the built-in "
+            "disposable-domain list; `#` starts a comment)."),
+    Setting("signup_velocity_prefix", int, 5, "Sign-up attempts per hour from one address "
+            "prefix (IPv4 /24, IPv6 /48) before further ones are refused (0: no limit)."),
+    Setting("signup_velocity_domain", int, 20, "Sign-up attempts per hour for one email "
+            "domain, large free-mail providers excepted (0: no limit)."),
+    Setting("signup_velocity_fingerprint", int, 30, "Sign-up attempts per hour from one "
+            "client fingerprint (user agent plus header order) (0: no limit)."),
+    Setting("signup_pow_cost", int, 2000, "PBKDF2 iterations per try of the sign-up "
+            "puzzle at the base level (about 256 tries expected); each level of sign-up "
+            "pressure doubles it."),
+    Setting("signup_pow_max_level", int, 5, "Highest puzzle level (cost x 2^level); "
+            "step-up puzzles are always at this level."),
+    Setting("signup_nojs_wait", float, 15.0, "Seconds a visitor without JavaScript waits "
+            "at the base level instead of solving the puzzle (doubled per level)."),
+    Setting("signup_nojs_per_minute", int, 30, "No-JavaScript wait tickets issued per "
+            "minute in all, so that waiting in parallel buys a bot nothing."),
+    Setting("signup_breaker", bool, True, "Move sign-up to waitlist mode by itself when "
+            "sign-ups run far above their learned hourly rate (see the README)."),
+    Setting("signup_breaker_min_rate", float, 20.0, "Floor of the learned sign-up rate "
+            "(attempts per hour) that the circuit breaker tests against."),
+    Setting("signup_breaker_window", float, 600.0, "Seconds of recent sign-up attempts "
+            "that the circuit breaker counts."),
+    Setting("signup_breaker_p", float, 1e-6, "Poisson tail probability below which the "
+            "recent count trips the circuit breaker."),
+    Setting("verification_webhook", str, "", "URL of an external identity provider that "
+            "takes over step-up: the gateway POSTs the account and a callback URL to it, "
+            "signed with verification_webhook_secret; its signed callback lifts the "
+            "challenge. Empty: step-up by email link and a harder puzzle."),
+    Setting("verification_webhook_secret", Secret, Secret(""), "Shared HMAC key of the "
+            "verification webhook and its callback (at least 16 characters)."),
+    # --- end signup settings ---
     # --- rate limit / upstream settings (upstream engineer edits only this block) ---
     Setting("rate_store", str, "memory", "Where rate-limit counters live: `memory` (one "
             "gateway process) or `redis` (shared by replicas, at `redis_url`).",

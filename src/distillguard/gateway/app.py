@@ -20,6 +20,8 @@ from distillguard.gateway import admin, analyst, errors, routes
 from distillguard.gateway.limits import ConcurrencyLimiter
 from distillguard.gateway.middleware import Admission, Authenticate, ErrorsAndEvents
 from distillguard.gateway.state import Gateway
+from distillguard.signup import routes as signup_routes
+from distillguard.signup.service import SignupService
 
 _HTTP_ERRORS: dict[int, type[errors.APIError]] = {
     404: errors.NotFound,
@@ -64,13 +66,22 @@ def build_app(settings: Settings, *, backend: Backend | None = None, store: Any 
     """
     gateway = Gateway(settings, backend=backend, store=store, watermark=watermark,
                       simulation=simulation)
+    # Built here so that bad sign-up settings fail at build time, started after the
+    # gateway (it needs the store and the policy engine).
+    gateway.signup = SignupService(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
         try:
+            await gateway.signup.start(store=gateway.store, policy=gateway.policy)
+            detection = getattr(gateway, "detection", None)
+            if detection is not None and detection.signup_evidence is None:
+                # Campaigns link accounts that signed up from one source.
+                detection.signup_evidence = gateway.signup.all_evidence
             yield
         finally:
+            await gateway.signup.close()
             await gateway.close()
 
     app_routes = [
@@ -82,6 +93,7 @@ def build_app(settings: Settings, *, backend: Backend | None = None, store: Any 
         *admin.ROUTES,
         *analyst.ROUTES,
         *console.ROUTES,
+        *signup_routes.ROUTES,
     ]
     gateway.concurrency = ConcurrencyLimiter(settings.max_concurrent_per_account)
     # Metrics label series by these templates only (any other path: "unmatched").

@@ -160,9 +160,13 @@ class Admission:
                 if action.kind == "block":
                     raise errors.PermissionDenied(NEUTRAL_BLOCK, code="account_blocked")
                 if action.kind == "challenge":
+                    signup = getattr(self.gateway, "signup", None)
+                    url = signup.step_up_url(ctx.account) if signup is not None else None
                     raise errors.PermissionDenied(
-                        "This account must be verified again before it can use the API.",
-                        code="account_challenge_required")
+                        "This account must be verified again before it can use the API."
+                        + (f" Verify it at {url}" if url else ""),
+                        code="account_challenge_required",
+                        headers={"Link": f'<{url}>; rel="verify"'} if url else None)
                 retry = max(1, int((decision.retry_after or 1.0) + 0.999))
                 raise errors.RateLimited(
                     f"Rate limit reached for this account. Try again in {retry} s.",

@@ -322,4 +322,7 @@ async def metrics(request: Request) -> Response:
     runner = getattr(gateway, "runner", None)
     if runner is not None:
         body += ("\n".join(runner.metrics_lines()) + "\n").encode()
+    signup = getattr(gateway, "signup", None)
+    if signup is not None and signup.breaker is not None:
+        body += signup.render_metrics()
     return Response(body, media_type="text/plain; version=0.0.4")

@@ -151,6 +151,10 @@ class PolicyEngine:
             self._version = None
         return lifted
 
+    def note(self, account: str, op: str, *, reason: str, author: str) -> None:
+        """Audit a step that changes no action (sign-up decisions, step-up progress)."""
+        self.store.note(account, op, reason=reason, author=author)
+
     def actions(self) -> list[Action]:
         """Actions in force now."""
         self._reload_if_stale()

@@ -34,7 +34,8 @@ _ACTION_COLUMNS = "account, kind, reason, author, created_at, expires_at, rate_f
 
 @dataclasses.dataclass(frozen=True)
 class AuditEntry:
-    """One change to an account's action: ``op`` is ``set`` or ``lift``."""
+    """One audited step: ``op`` is ``set`` or ``lift`` (an action changed) or a step
+    that changes no action, such as ``signup_accepted`` or ``step_up_mailed``."""
 
     id: int
     ts: float
@@ -62,6 +63,10 @@ class ActionStore(Protocol):
 
     def lift(self, account: str, *, author: str, reason: str) -> Action | None:
         """Remove the account's action and audit it; the lifted action, or None if none."""
+        ...
+
+    def note(self, account: str, op: str, *, reason: str, author: str) -> None:
+        """Append an audit entry that changes no action (a sign-up or step-up step)."""
         ...
 
     def get(self, account: str) -> Action | None:
@@ -199,6 +204,12 @@ class SQLiteActionStore(_Reads):
                 self._db.execute("ROLLBACK")
                 raise
 
+    def note(self, account: str, op: str, *, reason: str, author: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO policy_audit (ts, account, op, reason, author) "
+                             "VALUES (?, ?, ?, ?, ?)", (time.time(), account, op, reason,
+                                                        author))
+
     def _reader(self) -> Any:
         return self._db
 
@@ -273,6 +284,12 @@ class PostgresActionStore(_Reads):
                 "VALUES (%s, %s, 'lift', %s, %s, %s)",
                 (time.time(), account, lifted.kind, reason, author))
             return lifted
+
+    def note(self, account: str, op: str, *, reason: str, author: str) -> None:
+        with self._lock:
+            self._conn.execute("INSERT INTO policy_audit (ts, account, op, reason, author) "
+                               "VALUES (%s, %s, %s, %s, %s)", (time.time(), account, op,
+                                                               reason, author))
 
     def _reader(self) -> Any:
         return self._conn
