@@ -81,8 +81,9 @@ def build_app(settings: Settings, *, backend: Backend | None = None, store: Any 
                 detection.signup_evidence = gateway.signup.all_evidence
             yield
         finally:
-            await gateway.signup.close()
+            # Detection (stopped by gateway.close) reads sign-up evidence: close after.
             await gateway.close()
+            await gateway.signup.close()
 
     app_routes = [
         Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),

@@ -218,8 +218,12 @@ class SQLiteActionStore(_Reads):
             return self._version.execute("PRAGMA data_version").fetchone()[0]
 
     def close(self) -> None:
-        self._db.close()
-        self._version.close()
+        # Under the lock: a detection round still running in a thread at shutdown must
+        # finish its write first (closing under it crashes the sqlite3 module).
+        with self._lock:
+            self._db.close()
+        with self._version_lock:
+            self._version.close()
 
 
 class PostgresActionStore(_Reads):

@@ -300,7 +300,8 @@ class SQLiteSignupStore(SignupStore):
             yield self._db
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:  # never under a query running in another thread
+            self._db.close()
 
 
 class PostgresSignupStore(SignupStore):
@@ -333,7 +334,8 @@ class PostgresSignupStore(SignupStore):
             yield self._conn
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._conn.close()
 
 
 SIGNUP_STORES = {"sqlite": SQLiteSignupStore, "postgres": PostgresSignupStore}
