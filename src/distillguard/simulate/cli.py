@@ -22,8 +22,17 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("scenario", nargs="?", help="built-in scenario name or path to a .toml")
     p.add_argument("--out", help="folder for metrics.json and report.html")
     p.add_argument("--mode", choices=("replay", "live"), default="replay")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="multiply account counts (and campaign targets) by this")
+    p.add_argument("--scale", type=float, default=None,
+                   help="multiply account counts (and campaign targets) by this (default 1; "
+                        "0.1 with --target)")
+    p.add_argument("--target", metavar="URL",
+                   help="send the traffic to this running gateway (e.g. "
+                        "http://127.0.0.1:8000) in compressed real time, creating the "
+                        "accounts' keys through its admin API; watch it on /console/")
+    p.add_argument("--admin-token", help="with --target: the gateway's admin token "
+                   "(default: the admin_token setting)")
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="with --target: wall seconds the scenario is squeezed into (60)")
     emb = p.add_mutually_exclusive_group()
     emb.add_argument("--embeddings", dest="embeddings", action="store_true", default=None,
                      help="embed prompts with MiniLM (default: the detection_embeddings "
@@ -63,6 +72,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.list:
         return _list()
+    if args.target:
+        return _target(args)
+    if args.scale is None:
+        args.scale = 1.0
     if not args.scenario or not args.out:
         print("error: give a SCENARIO and --out DIR (or --list)", file=sys.stderr)
         return 2
@@ -92,6 +105,50 @@ def _simulate(args: argparse.Namespace) -> int:
     (out / "report.html").write_text(render(m))
     print(format_summary(m))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
+    return 0
+
+
+def _target(args: argparse.Namespace) -> int:
+    from distillguard.simulate.live import TargetRun
+    from distillguard.simulate.populations import ScenarioError
+    from distillguard.simulate.runner import Traffic
+    from distillguard.simulate.scenario import load_scenario
+
+    token = args.admin_token or args.settings.admin_token.reveal()
+    if not args.scenario or not token:
+        print("error: --target needs a SCENARIO and --admin-token (or the admin_token "
+              "setting)", file=sys.stderr)
+        return 2
+    scale = 0.1 if args.scale is None else args.scale
+    if scale <= 0 or args.concurrency < 1 or args.duration <= 0:
+        print("error: --scale and --duration must be positive and --concurrency at least 1",
+              file=sys.stderr)
+        return 2
+    try:
+        scenario = load_scenario(args.scenario)
+        if args.seed is not None:
+            scenario.seed = args.seed
+        traffic = Traffic.generate(scenario, scale)
+    except (ScenarioError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"scenario {scenario.name}: {len(traffic.accounts)} accounts, "
+          f"{len(traffic.requests):,} requests over {scenario.duration / 3600:.0f} h, sent to "
+          f"{args.target} in {args.duration:.0f} s (scale {scale}); watch "
+          f"{args.target.rstrip('/')}/console/", file=sys.stderr)
+    run = TargetRun(traffic, args.target, token, duration_s=args.duration,
+                    concurrency=args.concurrency)
+    import httpx
+
+    try:
+        run.run()
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent {len(traffic.requests):,} requests in {run.wall_s:.1f} s; answers by "
+          f"group: {run.summary()}")
+    attackers = sorted({a.name for a in traffic.accounts if a.campaign is not None})
+    print(f"the attackers were: {', '.join(attackers)}")
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 import tempfile
 import time
 from typing import Any
@@ -176,3 +177,127 @@ class LiveRun:
 
     def close(self) -> None:
         self._tmp.cleanup()
+
+
+class TargetRun:
+    """A scenario's traffic sent to a gateway that is already running (``--target``),
+    in compressed real time, so that an analyst can watch it arrive on the console.
+
+    The scenario's span is squeezed into ``duration_s`` wall seconds, each request sent
+    at its compressed arrival time. Each account's key is created through the admin API
+    just before its first request, so key-creation bursts keep their shape. Requests
+    carry the simulated client's address in ``X-Forwarded-For`` (the gateway reads it
+    only with ``trust_forwarded_for``) and its user agent; every request asks for the
+    model the target serves. The gateway runs on its own clock: detection and rules act
+    as they would on real traffic, only faster.
+    """
+
+    def __init__(self, traffic: Traffic, url: str, admin_token: str, *,
+                 duration_s: float = 60.0, concurrency: int = 32, progress: bool = True
+                 ) -> None:
+        if duration_s <= 0:
+            raise ValueError("the duration must be positive seconds")
+        self.traffic = traffic
+        self.url = url.rstrip("/").removesuffix("/v1")
+        self.admin_token = admin_token
+        self.duration_s = duration_s
+        self.concurrency = concurrency
+        self.progress = progress
+        self.recorder = Recorder(traffic)
+        self.statuses: dict[str, dict[int, int]] = {}
+        # account -> the task creating (then holding) its key; tests reuse the keys.
+        self.keys: dict[str, asyncio.Future[str]] = {}
+
+    def run(self) -> Recorder:
+        """Send the traffic; returns the recorder of outcomes."""
+        quiet = logging.getLogger("httpx")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            asyncio.run(self._drive())
+        finally:
+            quiet.setLevel(level)
+        return self.recorder
+
+    async def _drive(self) -> None:
+        import httpx
+
+        world = self.traffic.world
+        speed = (world.end - world.start) / self.duration_s
+        groups = {a.name: a.group for a in self.traffic.accounts}
+        limits = httpx.Limits(max_connections=self.concurrency,
+                              max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=60.0) as http:
+            admin = {"Authorization": f"Bearer {self.admin_token}"}
+            keys = self.keys
+
+            async def create_key(account: str) -> str:
+                r = await http.post("/admin/keys", json={"account": account,
+                                                         "name": "simulate"}, headers=admin)
+                if r.status_code != 201:
+                    raise RuntimeError(f"creating a key for {account} through {self.url}"
+                                       f"/admin/keys answered {r.status_code}: {r.text[:200]}")
+                return str(r.json()["key"])
+
+            def key_of(account: str) -> asyncio.Future[str]:
+                if account not in keys:
+                    keys[account] = asyncio.ensure_future(create_key(account))
+                return keys[account]
+
+            first = self.traffic.requests[0].account if self.traffic.requests else None
+            model = None
+            if first is not None:
+                r = await http.get("/v1/models",
+                                   headers={"Authorization": f"Bearer {await key_of(first)}"})
+                r.raise_for_status()
+                model = r.json()["data"][0]["id"]
+            gate = asyncio.Semaphore(self.concurrency)
+            rec = self.recorder
+
+            async def send(req: SimRequest) -> None:
+                key = await key_of(req.account)
+                headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": req.addr,
+                           "User-Agent": req.agent}
+                async with gate:
+                    try:
+                        r = await http.post("/v1/chat/completions",
+                                            json={**req.body(), "model": model},
+                                            headers=headers)
+                        status = r.status_code
+                        tokens = (r.json().get("usage") or {}).get("completion_tokens", 0) \
+                            if status == 200 else 0
+                    except httpx.HTTPError as exc:
+                        # Counted as 599 (no answer); the first one is shown once.
+                        if not self.statuses.get("transport errors"):
+                            print(f"  no answer from the gateway: {exc!r}", file=sys.stderr)
+                            self.statuses["transport errors"] = {599: 0}
+                        status, tokens = 599, 0
+                counts = self.statuses.setdefault(groups.get(req.account, "?"), {})
+                counts[status] = counts.get(status, 0) + 1
+                rec.outcome(req, status, tokens)
+
+            started = last = time.monotonic()
+            tasks: set[asyncio.Task[None]] = set()
+            for i, req in enumerate(self.traffic.requests):
+                delay = started + (req.ts - world.start) / speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if len(tasks) >= 4 * self.concurrency:
+                    # The gateway is slower than the schedule: wait rather than pile up.
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.ensure_future(send(req))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                if self.progress and time.monotonic() - last >= 5.0:
+                    last = time.monotonic()
+                    print(f"  {last - started:4.0f} s: sent {i + 1:,}/"
+                          f"{len(self.traffic.requests):,}; {self.summary()}",
+                          file=sys.stderr, flush=True)
+            if tasks:
+                await asyncio.gather(*tasks)
+            self.wall_s = time.monotonic() - started
+
+    def summary(self) -> str:
+        """Answers so far by account group and status, e.g. ``bulk_harvester 200x90 403x10``."""
+        return "; ".join(f"{g} " + " ".join(f"{s}x{n}" for s, n in sorted(c.items()))
+                         for g, c in sorted(self.statuses.items()))
