@@ -51,8 +51,8 @@ class Console:
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("distillguard.console", "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined)
-        self.env.filters.update(when=_when, ago=_ago, pct=_pct, q=lambda s: quote(str(s),
-                                                                                  safe=""))
+        self.env.filters.update(when=_when, ago=_ago, pct=_pct, span=_span,
+                                q=lambda s: quote(str(s), safe=""))
         self.analysts = AnalystStore(settings.data_path)
         self.forensics_dir = Path(settings.console_forensics_dir
                                   or settings.data_path / "forensics")
@@ -87,7 +87,7 @@ def _span(s: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if s >= size:
             return f"{s / size:.0f} {unit}"
-    return f"{s:.0f} s"
+    return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
 
 
 def _pct(x: float | None) -> str:
@@ -210,14 +210,17 @@ async def logout(request: Request, console: Console, session: Session) -> Respon
 # --- pages -------------------------------------------------------------------------------
 def _traffic(gateway: Any, account: str | None = None, window: float = 86400.0
              ) -> dict[str, Any]:
-    """The histogram over the last ``window``, zoomed in to where the traffic is when it
-    all falls in its last eighth (a fresh gateway, or a simulation in fast time)."""
+    """The histogram over the last ``window``, zoomed in to where the traffic is while
+    it all falls in the window's last sixth (a fresh gateway, a simulation in fast time),
+    down to a two-minute window."""
     now = time.time()
-    h = queries.histogram(gateway, since=now - window, until=now, buckets=96, account=account)
-    first = next((i for i, n in enumerate(h["requests"]) if n), None)
-    if first is not None and first >= 84:
-        since = max(h["start"] + first * h["bucket_s"] - 60.0, now - window)
+    since = now - window
+    for _ in range(5):
         h = queries.histogram(gateway, since=since, until=now, buckets=60, account=account)
+        first = next((i for i, n in enumerate(h["requests"]) if n), None)
+        if first is None or first < 50 or now - since <= 120.0:
+            break
+        since = min(h["start"] + (first - 1) * h["bucket_s"], now - 120.0)
     return h
 
 
