@@ -626,7 +626,13 @@ class RateSurgeSignal(_Builtin):
 # Extraction is measured per day of activity, over at least this long a span: a burst
 # of an hour is projected to a day at a quarter of its rate, so a fresh account taking
 # a lot at once is seen within its first few dozen requests.
-HAUL_MIN_SPAN_S = 6 * 3600.0
+HAUL_MIN_SPAN_S = 3 * 3600.0
+# Greedy (temperature 0) tokens an account (or a whole campaign, pooled) may take before
+# the extraction signals count them: about one chain-of-thought benchmark run (500 items
+# of 500 tokens). An evaluation harness runs a benchmark at temperature 0 once and then
+# repeats it; a distiller who copies that gets this much per verified account (the
+# adaptive attacker's figures measure it).
+GREEDY_ALLOWANCE_TOKENS = 250_000
 
 
 class _Haul(_Builtin):
@@ -646,7 +652,7 @@ class _Haul(_Builtin):
     what = ""
 
     def new_state(self) -> list[float]:
-        return [-1.0, 0.0, 0.0, 0]  # first ts, last ts, tokens, requests
+        return [-1.0, 0.0, 0.0, 0, 0.0]  # first ts, last ts, tokens, requests, greedy
 
     def counts(self, f: EventFeatures) -> bool:
         return True
@@ -668,29 +674,33 @@ class _Haul(_Builtin):
             asked = (f.raw or {}).get("chars", 4 * f.event.prompt_tokens) / 4.0
             added = f.event.completion_tokens - asked * max(f.n, 1)
             if added > 0:
-                state[2] += added * f.novel * self.weight_of(f)
+                greedy = (f.event.params or {}).get("temperature") == 0
+                state[4 if greedy else 2] += added * f.novel * self.weight_of(f)
 
     def merge(self, states: list[Any]) -> Any:
         """Pooled: one operator's span and the summed haul."""
         live = [s for s in states if s[0] >= 0]
         if not live:
             return self.new_state()
+        # One allowance for the pool: linked accounts do not each get their own.
         return [min(s[0] for s in live), max(s[1] for s in live),
-                sum(s[2] for s in live), sum(s[3] for s in live)]
+                sum(s[2] for s in live), sum(s[3] for s in live),
+                sum(s[4] for s in live)]
 
     def value(self, state: list[float]) -> float | None:
         if state[3] < 5:
             return None
         days = max(state[1] - state[0], HAUL_MIN_SPAN_S) / 86400.0
-        return state[2] / days
+        return (state[2] + max(0.0, state[4] - GREEDY_ALLOWANCE_TOKENS)) / days
 
     def strength(self, value: float, baseline: Baseline | None) -> float:
         return ramp(math.log10(max(value, 1.0)), math.log10(self.lo), math.log10(self.hi))
 
     def explain(self, value: float, baseline: Baseline | None) -> str:
         return (f"{value:,.0f} {self.what} per day of activity (over at least "
-                f"{HAUL_MIN_SPAN_S / 3600:.0f} h; counts from {self.lo:,.0f}/day, full at "
-                f"{self.hi:,.0f}/day; {_vs(baseline, '{:,.0f}')})")
+                f"{HAUL_MIN_SPAN_S / 3600:.0f} h, greedy tokens beyond the first "
+                f"{GREEDY_ALLOWANCE_TOKENS:,}; counts from {self.lo:,.0f}/day, full at "
+                f"{self.hi:,.0f}/day)")
 
 
 @register_signal

@@ -363,7 +363,15 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
     sigs = [s for s in sigs if s is not None]
     if len(sigs) >= MIN_MEMBERS:
         # Against the first member: linear in members, enough to tell lockstep apart.
-        agree = float(np.mean([sketch_jaccard(s, sigs[0]) for s in sigs[1:]]))
+        first = sigs[0]
+        agree = float(np.mean([sketch_jaccard(s, first) for s in sigs[1:]]))
+        if agree >= 0.3:
+            # Lockstep is each member's own evidence too: a swarm that rotates every
+            # address and agent is still tied by its template and its shared minutes.
+            for a in accts:
+                sig = members[a][1].timing_signature()
+                if sig is not None and sketch_jaccard(sig, first) >= 0.3:
+                    own_kinds[a] += 1
         if agree >= 0.3:
             evidence.append(Evidence("synchronised_timing", LINK_WEIGHTS["synchronised_timing"]
                                      * min(1.0, agree / 0.6),

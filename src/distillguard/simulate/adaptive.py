@@ -47,6 +47,7 @@ def sample(rng: random.Random) -> dict[str, Any]:
         "pivot": rng.random() < 0.3,
         "signup_spread": round(math.exp(rng.uniform(math.log(60.0), math.log(5 * DAY))), 0),
         "max_tokens": rng.choice(MAX_TOKENS),
+        "greedy": rng.random() < 0.4,
     }
 
 

@@ -359,7 +359,8 @@ class Adaptive(_TestCampaign):
     with ``max_tokens``. ``template`` wraps harvest questions in one fixed frame.
     ``human_timing`` sends in sessions with Pareto think time instead of a steady rate;
     ``rotate`` changes user agent and address each request; ``pivot`` waits for the
-    newest model's release; ``signup_spread`` spreads the accounts' creation.
+    newest model's release; ``signup_spread`` spreads the accounts' creation; ``greedy``
+    sends at temperature 0.
     """
 
     kind = "t_adaptive"
@@ -378,6 +379,7 @@ class Adaptive(_TestCampaign):
         pivot: bool = False
         signup_spread: float = 3600.0
         max_tokens: int = 2048
+        greedy: bool = False  # temperature 0, as an evaluation harness sends
 
     def accounts(self) -> list[AccountSpec]:
         return self._made(self.world.start - 3 * DAY, self.p.signup_spread)
@@ -443,7 +445,8 @@ class Adaptive(_TestCampaign):
                         q = f"{q}\n\n{rng.choice(cues)}"
                     if p.template:
                         q = frame.format(n=n, q=q)
-                    params = {"temperature": 0.8, "max_tokens": p.max_tokens}
+                    params = {"temperature": 0.0 if p.greedy else 0.8,
+                              "max_tokens": p.max_tokens}
                 yield SimRequest(t, self.account_name(i), (("user", q),), params, model,
                                  addr, ua, self.name)
 
