@@ -7,6 +7,7 @@ Every value put into a page goes through ``html.escape``.
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 WIDGET = "/signup/static/altcha.min.js"
@@ -36,6 +37,11 @@ def page(title: str, body: str, *, widget: bool = False) -> str:
             f"<body><main><h1>{escape(title)}</h1>{body}</main></body></html>")
 
 
+def _seconds(wait: float) -> str:
+    n = max(1, math.ceil(wait))
+    return f"{n} second" if n == 1 else f"{n} seconds"
+
+
 def _error(message: str | None) -> str:
     return (f'<p class="error" role="alert" id="error">{escape(message)}</p>'
             if message else "")
@@ -55,9 +61,9 @@ def signup_form(*, mode: str, wait: float, error: str | None = None, email: str 
 <input type="email" id="email" name="email" required autocomplete="email"
  maxlength="200" value="{escape(email)}" aria-describedby="email-hint">
 <p class="hint" id="email-hint">{escape(after)}</p>
-<altcha-widget challenge="/signup/challenge" name="altcha" hidefooter></altcha-widget>
+<altcha-widget challenge="/signup/challenge" name="altcha"></altcha-widget>
 <noscript><p class="hint">Without JavaScript there is no puzzle to solve: press
-<b>Sign up</b> and you will be asked to wait about {wait:.0f} seconds instead.</p></noscript>
+<b>Sign up</b> and you will be asked to wait about {_seconds(wait)} instead.</p></noscript>
 <button type="submit">Sign up</button>
 </form>"""
     return page("Create an API account", body, widget=True)
@@ -70,7 +76,7 @@ def wait_form(*, action: str, fields: dict[str, str], wait: float,
                      for k, v in fields.items())
     body = f"""{_error(error)}
 <p role="status">To show you are not an automated sign-up, please wait
-<b>{wait:.0f} seconds</b>, then press <b>Continue</b>. Nothing else is needed.</p>
+<b>{_seconds(wait)}</b>, then press <b>Continue</b>. Nothing else is needed.</p>
 <form method="post" action="{escape(action)}">{hidden}
 <button type="submit">Continue</button></form>"""
     return page("One moment, please", body)
@@ -123,9 +129,8 @@ def step_up_puzzle(*, token: str, wait: float, error: str | None = None) -> str:
 takes your browser a little while.</p>
 <form method="post" action="/signup/step-up/complete">
 <input type="hidden" name="token" value="{escape(token)}">
-<altcha-widget challenge="/signup/challenge?purpose=stepup" name="altcha"
- hidefooter></altcha-widget>
+<altcha-widget challenge="/signup/challenge?purpose=stepup" name="altcha"></altcha-widget>
 <noscript><p class="hint">Without JavaScript: press <b>Finish</b> and wait about
-{wait:.0f} seconds instead.</p></noscript>
+{_seconds(wait)} instead.</p></noscript>
 <button type="submit">Finish</button></form>"""
     return page("Verify your account", body, widget=True)
