@@ -328,6 +328,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http_max_header_bytes", int, 32_768, "Largest request head (request line and "
             "headers) the server buffers (431 / closed above)."),
     # --- end flood settings ---
+    # --- radio settings (canaries: forensics/canary.py) ---
+    Setting("canary_rate", float, 0.0, "Share of answers (keyed by cohort and prompt) "
+            "that open with a keyed canary code such as `[amber-falcon-42]`, for every "
+            "account: a second carrier of evidence that survives scrubs of the token "
+            "watermark. Needs a watermark scheme. 0: none.", minimum=0.0, maximum=1.0),
+    Setting("canary_flagged_rate", float, 1.0, "The same share for an account under a "
+            "degrade action (flagged as a likely distiller).", minimum=0.0, maximum=1.0),
+    # --- end radio settings ---
     # --- local backend settings (local backend engineer edits only this block) ---
     # --- end local backend settings ---
     # --- signup settings (sign-up, screening, step-up: signup/ package) ---

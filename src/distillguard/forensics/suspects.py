@@ -161,20 +161,35 @@ class EndpointSuspect:
 
 
 class WeightsSuspect:
-    """A causal LM folder (transformers) on this machine: generation and predictions."""
+    """A causal LM folder (transformers) on this machine: generation and predictions.
+
+    A folder holding a distiller's ``neutralise.json`` (``distill neutralise``) is
+    decoded through it, in ``generate`` and ``predictions`` alike, the way the
+    distiller's own server would serve it; ``neutralise=False`` reads the raw weights.
+    """
 
     kind = "weights"
 
     def __init__(self, path: str | Path, *, device: str = "cpu", batch_size: int = 16,
-                 model: Any = None, tokenizer: Any = None) -> None:
+                 model: Any = None, tokenizer: Any = None, neutralise: bool = True) -> None:
+        from distillguard.distill.scrub import Neutraliser
+        from distillguard.distill.train import TrainError
+
         self.path = str(path)
         self.device = device
         self.batch_size = batch_size
         self._model = model
         self._tokenizer = tokenizer
+        try:
+            self.neutraliser = Neutraliser.load(Path(path)) if neutralise else None
+        except TrainError as exc:
+            raise SuspectError(str(exc)) from None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path}
+        out: dict[str, Any] = {"kind": self.kind, "path": self.path}
+        if self.neutraliser is not None:
+            out["neutraliser_pairs"] = self.neutraliser.size
+        return out
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -199,13 +214,19 @@ class WeightsSuspect:
 
     def generate(self, prompts: Sequence[str], *, samples: int = 1, max_tokens: int = 128,
                  temperature: float = 0.7, seed: int = 0,
-                 progress: TextIO | None = sys.stderr) -> list[str]:
-        """``samples`` sampled answers per prompt (prompt-major order), batched."""
+                 progress: TextIO | None = sys.stderr, neutraliser: Any = None) -> list[str]:
+        """``samples`` sampled answers per prompt (prompt-major order), batched.
+
+        ``neutraliser``: a logits processor to decode through instead of the folder's.
+        """
         import torch
+        from transformers import LogitsProcessorList
 
         from distillguard.distill.train import prompt_token_ids
 
         model, tok = self._load()
+        processor = neutraliser if neutraliser is not None else self.neutraliser
+        processors = LogitsProcessorList([processor] if processor is not None else [])
         rows = [prompt_token_ids(tok, p) for p in prompts for _ in range(samples)]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         out: list[str] = []
@@ -226,7 +247,7 @@ class WeightsSuspect:
                         input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                         max_new_tokens=max_tokens, do_sample=temperature > 0,
                         temperature=temperature if temperature > 0 else None, top_p=None,
-                        top_k=None, pad_token_id=pad)
+                        top_k=None, pad_token_id=pad, logits_processor=processors)
                 for row in seqs[:, width:].tolist():
                     if tok.eos_token_id in row:
                         row = row[: row.index(tok.eos_token_id)]
@@ -261,6 +282,9 @@ class WeightsSuspect:
                 with torch.no_grad():
                     logits = model(input_ids=ids.to(self.device),
                                    attention_mask=mask.to(self.device)).logits
+                if self.neutraliser is not None:
+                    for i, t in enumerate(batch):
+                        self.neutraliser.adjust(t, logits[i, : len(t)])
                 best = logits.argmax(-1).cpu().tolist()
                 out.extend(best[i][: len(t)] for i, t in enumerate(batch))
                 if bar is not None:

@@ -19,6 +19,7 @@ from distillguard.backends.base import (
     StreamItem,
 )
 from distillguard.detection.features import request_features
+from distillguard.forensics import canary
 from distillguard.gateway import errors, limits, schema
 from distillguard.gateway.context import RequestContext
 from distillguard.gateway.middleware import context_of
@@ -178,15 +179,17 @@ async def _degraded(stream: AsyncIterator[StreamItem]) -> AsyncIterator[StreamIt
         await _aclose(stream)
 
 
-async def _open_stream(gateway: Gateway, ctx: RequestContext,
-                       request: GenerationRequest) -> tuple[AsyncIterator[StreamItem],
-                                                            StreamItem | None]:
+async def _open_stream(gateway: Gateway, ctx: RequestContext, request: GenerationRequest,
+                       marker: str | None = None) -> tuple[AsyncIterator[StreamItem],
+                                                           StreamItem | None]:
     """Start the backend's stream and wait for its first item before sending headers,
     so that a request the backend refuses (prompt too long, upstream down) still gets
     a plain HTTP error instead of a stream that fails at once."""
     stream = gateway.backend.stream(request)
     if ctx.action == "degrade":
         stream = _degraded(stream)
+    if marker:
+        stream = canary.mark_stream(stream, marker)
     try:
         return stream, await anext(stream)
     except StopAsyncIteration:
@@ -257,10 +260,11 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
     ctx.features = request_features(gen.messages, gen.prompt, body)
     _check_model(gateway, gen)
     _apply_watermark(gateway, ctx, gen)
+    marker = canary.marker_for(gateway, ctx, gen)
     # The slot is held until the last byte is sent (a stream's too), then released.
     release = gateway.concurrency.acquire(ctx.account)
     try:
-        response = await _respond(request, gateway, ctx, gen, body, render)
+        response = await _respond(request, gateway, ctx, gen, body, render, marker)
     except BaseException:
         release()
         raise
@@ -269,14 +273,14 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
 
 async def _respond(request: Request, gateway: Gateway, ctx: RequestContext,
                    gen: GenerationRequest, body: dict[str, Any],
-                   render: Callable[..., dict[str, Any]]) -> Response:
+                   render: Callable[..., dict[str, Any]], marker: str | None) -> Response:
     rid = ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + ctx.request_id
     created = int(time.time())
     if body.get("stream"):
         ctx.stream = True
         options = body.get("stream_options") or {}
         writer = _ChunkWriter(gen.kind, rid, created, gen.model)
-        stream, first = await _open_stream(gateway, ctx, gen)
+        stream, first = await _open_stream(gateway, ctx, gen, marker)
         return StreamingResponse(
             _sse(ctx, gen, stream, first, writer, bool(options.get("include_usage"))),
             media_type="text/event-stream",
@@ -293,6 +297,7 @@ async def _respond(request: Request, gateway: Gateway, ctx: RequestContext,
     if ctx.action == "degrade":
         for choice in result.choices:
             choice.text = strip_reasoning(choice.text)
+    canary.mark_completion(result, marker)
     return json_response(render(rid, created, gen.model, result))
 
 
