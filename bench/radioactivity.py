@@ -112,6 +112,10 @@ def parse(argv=None):
     p.add_argument("--neutralise-min-count", type=int, default=1)
     p.add_argument("--canary-rate", type=float, default=1.0,
                    help="share of the harvesting accounts' answers given a canary")
+    p.add_argument("--canary-samples", type=int, default=0,
+                   help="also ask each query prompt this many sampled answers for the "
+                   "canary test (0: the canary test reads the black-box answers)")
+    p.add_argument("--canary-temperature", type=float, default=0.8)
     p.add_argument("--keep", help="keep the work folder here (default: a temp folder)")
     return p.parse_args(argv)
 
@@ -418,9 +422,16 @@ def evaluate(args, folder, query, texts, answers, logged_keys, by_key, candidate
     rd = reading_test(texts, student.predictions(texts, progress=None), scheme, candidates,
                       reference=reference_predictions, null_keys=20)
     canaried = [i for i, p in enumerate(query) if (logged_keys[p] or {}).get("canary")]
-    can = canary_test([query[i] for i in canaried],
-                      [outputs[i * samples:(i + 1) * samples] for i in canaried],
-                      service.ring, assigned=[assigned[i * samples] for i in canaried])
+    can_answers = [outputs[i * samples:(i + 1) * samples] for i in canaried]
+    if args.canary_samples:
+        # A code a student learned as a rare opening shows in some samples, not greedily.
+        extra = student.generate([query[i] for i in canaried], samples=args.canary_samples,
+                                 max_tokens=24, temperature=args.canary_temperature,
+                                 seed=2, progress=None)
+        n = args.canary_samples
+        can_answers = [a + extra[j * n:(j + 1) * n] for j, a in enumerate(can_answers)]
+    can = canary_test([query[i] for i in canaried], can_answers, service.ring,
+                      assigned=[assigned[i * samples] for i in canaried])
     return {"bb_tokens_scored": bb.tokens_scored, "bb_p_value": bb.p_value,
             "bbf_tokens_scored": bbf.tokens_scored,
             "bbf_green_fraction": min(bbf.per_key, key=lambda x: x.p_value).hit_rate or 0.0,
