@@ -158,3 +158,15 @@ def test_a_client_that_leaves_stops_generation_and_pays_for_what_was_made(
     assert abandoned.status == 499
     assert 0 < abandoned.completion_tokens < 1500
     assert streamed.completion_tokens >= received > 0
+
+
+def test_reserved_rows_wait_for_established_accounts() -> None:
+    q = FairQueue(capacity=20, per_account=10, rows=8, reserved=2)
+    flood = [FakeJob("flood") for _ in range(3)]
+    for job in flood:
+        q.offer(job)
+    # Two rows free, both reserved: the flood waits even though the batch has room.
+    assert q.take(2, {"flood": 6}, busy=True) == []
+    established = FakeJob("customer", priority=1)
+    q.offer(established)
+    assert q.take(2, {"flood": 6}, busy=True) == [established]

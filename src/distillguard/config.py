@@ -307,6 +307,9 @@ SETTINGS: tuple[Setting, ...] = (
             "waiting request of a less established account)."),
     Setting("local_queue_per_account", int, 8, "Requests of one account that may wait "
             "for the local backend's batch (429 with Retry-After above)."),
+    Setting("local_reserved_rows", int, 2, "Rows of the local backend's batch kept for "
+            "established accounts, so that their requests start within a step or two "
+            "even while a flood holds every other row."),
     Setting("established_account_age", float, 604_800.0, "Seconds since its key was "
             "created after which an account counts as established: it is served first "
             "and shed last under load (0: every account is)."),

@@ -85,7 +85,8 @@ class LocalBackend:
     converted on first use into ``cache_dir`` (see ``model_cache.ensure_converted``).
     ``max_batch`` bounds the rows (choices) decoded together; ``threads`` > 0 sets
     torch's thread count. ``queue_size`` bounds the requests waiting for rows and
-    ``queue_per_account`` those of one account (see ``scheduler.FairQueue``).
+    ``queue_per_account`` those of one account; ``reserved_rows`` of the batch only
+    take established accounts' requests (see ``scheduler.FairQueue``).
     """
 
     # Generation runs here, so the gateway hands each request a watermark sampler.
@@ -93,7 +94,8 @@ class LocalBackend:
 
     def __init__(self, model_path: Path | None, *, model_name: str, max_batch: int = 16,
                  threads: int = 0, cache_dir: Path | str | None = None,
-                 queue_size: int = 64, queue_per_account: int = 8) -> None:
+                 queue_size: int = 64, queue_per_account: int = 8,
+                 reserved_rows: int = 2) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.model_path = Path(model_path) if model_path else None
@@ -105,6 +107,7 @@ class LocalBackend:
         self._step_seconds = 0.05
         self._request_steps = 64.0
         self.waiting = FairQueue(queue_size, queue_per_account, rows=max_batch,
+                                 reserved=reserved_rows,
                                  service_seconds=self._service_seconds)
         self.waiting.close()  # until start()
         self._stopping = False
@@ -121,6 +124,7 @@ class LocalBackend:
             cache_dir=settings.model_cache_dir,
             queue_size=settings.local_queue_size,
             queue_per_account=settings.local_queue_per_account,
+            reserved_rows=settings.local_reserved_rows,
         )
 
     # -- lifecycle --------------------------------------------------------------------

@@ -16,7 +16,10 @@ them (a 4-token request waited 87 s). The queue fixes three things:
   served.
 - **Ranked.** ``GenerationRequest.priority`` (set by the gateway: higher for established
   accounts) decides who is shed when the queue is full (the lowest rank, newest first,
-  from the account with the most waiting) and breaks ties for free rows.
+  from the account with the most waiting) and breaks ties for free rows. ``reserved``
+  rows of the batch are kept for ranked requests: without them an established account's
+  request arriving while a flood holds every row waits until some row finishes (a whole
+  ``max_tokens`` when the flood's rows started together: 7 s on a loaded CPU).
 
 Threads: ``offer`` runs on the event loop, ``take`` and ``wait`` in the worker thread;
 one lock guards the lot, and no call blocks while holding it for more than a few dict
@@ -59,13 +62,14 @@ class FairQueue:
     the batch, for ``Retry-After``; ``rows`` is the batch size it is shared by.
     """
 
-    def __init__(self, capacity: int, per_account: int, *, rows: int,
+    def __init__(self, capacity: int, per_account: int, *, rows: int, reserved: int = 0,
                  service_seconds: Callable[[], float] = lambda: 1.0) -> None:
         if capacity < 1 or per_account < 1:
             raise ValueError("capacity and per_account must be at least 1")
         self.capacity = capacity
         self.per_account = per_account
         self.rows = max(1, rows)
+        self.reserved = max(0, min(reserved, self.rows - 1))
         self.service_seconds = service_seconds
         self._by_account: dict[str, deque[tuple[int, Waiting]]] = {}
         self._size = 0
@@ -194,7 +198,8 @@ class FairQueue:
                     break
                 job = self._by_account[best_account][0][1]
                 width = job.request.n
-                if width > free and (busy or taken):
+                room = free if job.request.priority > 0 else free - self.reserved
+                if width > room and (busy or taken):
                     break
                 self._by_account[best_account].popleft()
                 if not self._by_account[best_account]:
