@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import math
@@ -57,6 +58,13 @@ def _prefix(addr: str | None) -> str | None:
     """The address's /24 (IPv4) or /48 (IPv6) network, None if it is not an address."""
     if not addr:
         return None
+    return _network(addr)
+
+
+# Parsing dominated scoring; clients repeat their addresses. Bounded, so an address
+# flood grows nothing.
+@functools.lru_cache(maxsize=65536)
+def _network(addr: str) -> str | None:
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:

@@ -298,7 +298,9 @@ class DetectionPipeline:
                 max_tokens=max_tokens if isinstance(max_tokens, int) else None, n=1,
                 logprobs=False, assistant_turns=0, bands=(), topic=-1, embedding=None,
                 elicits=False)
-        text = self.embed_text(event, raw)
+        # Without embeddings the features already hold all a prompt says (the cue
+        # judge ran where the event was built).
+        text = self.embed_text(event, raw) if self.embedder is not None else ""
         topic, elicits, emb = (self._prompt_info(text, embedding) if text
                                else (-1, False, None))
         return EventFeatures(
