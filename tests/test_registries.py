@@ -49,12 +49,15 @@ def test_every_store_bundle_opens_events_and_actions(name, request, tmp_path):
     bundle = STORES.get(name)
     events = bundle.open_events(settings)
     actions = bundle.open_actions(settings)
+    signup = bundle.open_signup(settings)
     try:
         assert isinstance(events, Store) and events.count_events() == 0
         assert actions.actions() == []
+        assert signup.name == name
     finally:
         events.close()
         actions.close()
+        signup.close()
 
 
 @pytest.mark.parametrize("name", RATE_STORES.names())
@@ -133,7 +136,8 @@ def test_an_installed_package_adds_entries_through_entry_points(tmp_path, monkey
 
         BUNDLE = StoreBundle("fakedb", "distillguard.telemetry.sqlite_store:"
                              "SQLiteStore.from_settings",
-                             "distillguard.policy.store:SQLiteActionStore.from_settings")
+                             "distillguard.policy.store:SQLiteActionStore.from_settings",
+                             "distillguard.signup.store:SQLiteSignupStore.from_settings")
     """))
     info = tmp_path / "dg_fake_plugin-1.0.dist-info"
     info.mkdir()

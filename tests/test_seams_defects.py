@@ -75,3 +75,18 @@ async def test_state_files_are_private_even_in_an_existing_open_folder(
     for path in files:
         assert _mode(path) == 0o600, (path.name, oct(_mode(path)))
     assert "events.db" in caplog.text and "0644" in caplog.text
+
+
+def test_signup_store_is_private_in_an_open_folder(tmp_path):
+    from distillguard.signup.store import SIGNUP_FILE, SQLiteSignupStore
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    previous = os.umask(0o022)
+    try:
+        SQLiteSignupStore(folder).close()
+    finally:
+        os.umask(previous)
+    assert _mode(folder) == 0o700
+    assert _mode(folder / SIGNUP_FILE) == 0o600

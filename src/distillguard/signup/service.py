@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from distillguard.config import SettingsError
+from distillguard.datadir import private_dir
 from distillguard.gateway import errors
 from distillguard.signup.breaker import Breaker, BreakerState
 from distillguard.signup.mail import Mailer, SMTPTarget
@@ -88,7 +89,7 @@ def load_key(settings: Settings) -> bytes:
             raise SettingsError("setting 'signup_secret' must be at least 16 characters")
         return value.encode()
     path = Path(settings.data_path) / KEY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

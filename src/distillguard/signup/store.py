@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillguard.config import SettingsError
+from distillguard.datadir import private_dir, private_file
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
@@ -283,9 +284,9 @@ class SQLiteSignupStore(SignupStore):
 
     def __init__(self, directory: str | Path) -> None:
         super().__init__()
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path / SIGNUP_FILE, check_same_thread=False,
+        # Owner-only like the other state files: it holds email addresses.
+        path = private_dir(directory)
+        self._db = sqlite3.connect(private_file(path / SIGNUP_FILE), check_same_thread=False,
                                    isolation_level=None, timeout=5.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_TABLES)
@@ -338,14 +339,8 @@ class PostgresSignupStore(SignupStore):
             self._conn.close()
 
 
-SIGNUP_STORES = {"sqlite": SQLiteSignupStore, "postgres": PostgresSignupStore}
-
-
 def open_signup_store(settings: Settings) -> SignupStore:
-    """The sign-up store that ``settings.store`` names."""
-    try:
-        cls = SIGNUP_STORES[settings.store]
-    except KeyError:
-        raise SettingsError(f"setting 'store': no sign-up store named {settings.store!r}; "
-                            f"choose one of {', '.join(sorted(SIGNUP_STORES))}") from None
-    return cls.from_settings(settings)  # type: ignore[attr-defined]
+    """The sign-up store of the store bundle that ``settings.store`` names."""
+    from distillguard.telemetry.store import store_bundle
+
+    return store_bundle(settings).open_signup(settings)

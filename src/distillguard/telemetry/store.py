@@ -23,6 +23,7 @@ from distillguard.registry import Registry, RegistryError
 if TYPE_CHECKING:
     from distillguard.config import Settings
     from distillguard.policy.store import ActionStore
+    from distillguard.signup.store import SignupStore
     from distillguard.telemetry.events import RequestEvent
     from distillguard.telemetry.keys import Account, KeyRecord
 
@@ -143,7 +144,7 @@ class Store(Protocol):
 @dataclasses.dataclass(frozen=True)
 class StoreBundle:
     """What one ``store`` name provides: the event store (accounts, keys and request
-    events, one ``Store``) and the policy action store.
+    events, one ``Store``), the policy action store and the sign-up store.
 
     Each is a ``"module:attribute"`` path of a factory ``(settings) -> store``, imported
     when it is opened, so that a database driver (an optional dependency) is imported
@@ -156,6 +157,7 @@ class StoreBundle:
     name: str
     events: str
     actions: str
+    signup: str
     extra: str | None = None
 
     def open_events(self, settings: Settings) -> Store:
@@ -165,6 +167,11 @@ class StoreBundle:
     def open_actions(self, settings: Settings) -> ActionStore:
         """The policy action store, its tables created if needed."""
         factory = cast("Callable[[Settings], ActionStore]", self._factory(self.actions))
+        return factory(settings)
+
+    def open_signup(self, settings: Settings) -> SignupStore:
+        """The sign-up store (addresses, requests, tokens), its tables created if needed."""
+        factory = cast("Callable[[Settings], SignupStore]", self._factory(self.signup))
         return factory(settings)
 
     def _factory(self, path: str) -> object:
@@ -185,9 +192,11 @@ class StoreBundle:
 STORES: Registry[StoreBundle] = Registry("store", "distillguard.stores")
 for _bundle in (
     StoreBundle("sqlite", "distillguard.telemetry.sqlite_store:SQLiteStore.from_settings",
-                "distillguard.policy.store:SQLiteActionStore.from_settings"),
+                "distillguard.policy.store:SQLiteActionStore.from_settings",
+                "distillguard.signup.store:SQLiteSignupStore.from_settings"),
     StoreBundle("postgres", "distillguard.telemetry.postgres_store:PostgresStore.from_settings",
                 "distillguard.policy.store:PostgresActionStore.from_settings",
+                "distillguard.signup.store:PostgresSignupStore.from_settings",
                 extra="postgres"),
 ):
     STORES.register(_bundle.name, _bundle)
