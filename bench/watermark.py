@@ -156,8 +156,11 @@ def generate(model, tok, prompts: list[str], samplers: list, new_tokens: int,
                     chosen.append(eos)
                     continue
                 sampler = samplers[start + i]
-                token = sampler.sample_row(np.asarray(contexts[i], dtype=np.int64),
-                                           logits[i] / temperature, False, gens[i])
+                ctx = np.asarray(contexts[i], dtype=np.int64)
+                # The serving order: the watermark's bias on the raw logits, then the
+                # temperature, then the pick.
+                biased = sampler.bias_row(ctx, logits[i], max(1.0, temperature))
+                token = sampler.draw_row(ctx, biased / temperature, False, gens[i])
                 chosen.append(token)
                 contexts[i].append(token)
                 if token == eos:
@@ -248,6 +251,96 @@ def bench_calibration(tok, keys: int) -> None:
               f"{result.rate(1e-3):.5f} |")
 
 
+# ----- request levers ------------------------------------------------------------------
+
+LEVERS: dict[str, dict] = {
+    "none": {},
+    "top_p 0.01": {"top_p": 0.01},
+    "temperature 0.2": {"temperature": 0.2},
+    "top_p 0.3": {"top_p": 0.3},
+    "temperature 0": {"temperature": 0},
+    "n 4": {"n": 4},
+    "seed 7": {"seed": 7},
+    "stop": {"stop": ["\n\n\n"]},
+    "penalties 1": {"presence_penalty": 1.0, "frequency_penalty": 1.0},
+    "temperature 2": {"temperature": 2.0},
+    "logit_bias": {"logit_bias": {"28": -100, "30": -100, "13": 5}},
+    "all low": {"temperature": 0, "top_p": 0.01, "seed": 1, "presence_penalty": -2,
+                "frequency_penalty": -2},
+}
+
+
+class _LeverJob:
+    """A request as the local backend's batcher sees it, collecting each choice's text."""
+
+    def __init__(self, request) -> None:
+        self.request = request
+        self.closed = False
+        self.texts: dict[int, list[str]] = {}
+        self.error = None
+
+    def deliver(self, items) -> None:
+        from distillguard.backends.base import StreamDelta
+
+        for item in items:
+            if isinstance(item, StreamDelta):
+                self.texts.setdefault(item.index, []).append(item.text)
+
+    def fail(self, error) -> None:
+        self.error = error
+        self.closed = True
+
+
+def bench_levers(model, tok, prompts: list[str], new_tokens: int, schemes: list[str],
+                 levers: list[str]) -> None:
+    """Each request lever through the local backend's own batcher and the gateway's
+    request parser; detection on the text, as ``distillguard wm detect`` does."""
+    from distillguard.backends.batching import Batcher
+    from distillguard.gateway.schema import Limits, parse_chat
+
+    limits = Limits(max_tokens=4096, default_max_tokens=new_tokens, max_n=8)
+    print(f"\n## Request levers ({len(prompts)} ShareGPT prompts, {new_tokens} new tokens, "
+          "embedded model through the local backend's batcher; p-values from the text, "
+          "corrected for every key and cohort; median [min, max] over responses)")
+    print("| scheme | lever | median p | p range | share p <= 1e-4 | median tokens | "
+          "active / keyed tokens (event) |")
+    print("|---|---|---|---|---|---|---|")
+    for name in schemes:
+        service = service_for("greenlist" if name == "plain" else name)
+        # Every lever's requests in one batch, as concurrent clients would be served.
+        batcher = Batcher(model, tok, max_rows=len(prompts) * len(levers) * 8)
+        runs: dict[str, tuple[list[_LeverJob], list[dict]]] = {}
+        for lever in levers:
+            jobs, records = [], []
+            for i, prompt in enumerate(prompts):
+                body = {"model": "m", "messages": [{"role": "user", "content": prompt}],
+                        "max_tokens": new_tokens, **LEVERS[lever]}
+                request = parse_chat(body, limits)
+                if name != "plain":
+                    request.watermark, record = service.sampler_for(f"lever-{i}")
+                    records.append(record)
+                jobs.append(_LeverJob(request))
+            runs[lever] = (jobs, records)
+        started = time.perf_counter()
+        batcher.admit([job for jobs, _ in runs.values() for job in jobs])
+        while batcher.rows:
+            batcher.step()
+        log(f"{name}: {time.perf_counter() - started:.0f} s for {batcher.max_rows} rows max")
+        for lever, (jobs, records) in runs.items():
+            ps, lengths = [], []
+            for job in jobs:
+                for parts in job.texts.values():
+                    ids = service.tokenize("".join(parts))
+                    lengths.append(len(ids))
+                    ps.append(service.detect_tokens(ids)["p_value"] if ids else 1.0)
+            keyed = sum(r["tokens"]["keyed"] for r in records)
+            active = sum(r["tokens"]["active"] for r in records)
+            tally = f"{active}/{keyed}" if records else "-"
+            print(f"| {name} | {lever} | {statistics.median(ps):.1e} | {min(ps):.0e}.."
+                  f"{max(ps):.0e} | {np.mean(np.array(ps) <= 1e-4):.2f} | "
+                  f"{statistics.median(lengths):.0f} | {tally} |", flush=True)
+
+
 # ----- power ---------------------------------------------------------------------------
 
 def attack(tokens: list[int], share: float, rng: np.random.Generator) -> list[int]:
@@ -333,6 +426,8 @@ def main() -> None:
                         help="comma-separated parts to run")
     parser.add_argument("--schemes", default=",".join(SCHEMES),
                         help="schemes for the power run, comma-separated")
+    parser.add_argument("--levers", default=",".join(LEVERS),
+                        help=f"request levers for the levers part: {', '.join(LEVERS)}")
     parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                         help="watermark setting for the power run, e.g. watermark_delta=3")
     args = parser.parse_args()
@@ -345,13 +440,16 @@ def main() -> None:
     if "detector" in parts:
         bench_detector(args.detector_tokens)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if parts & {"overhead", "calibration", "power"}:
+    if parts & {"overhead", "calibration", "power", "levers"}:
         tok, model = load_model()
         prompts = sharegpt_prompts(max(args.prompts, 16))
         if "overhead" in parts:
             bench_overhead(model, tok, prompts)
         if "calibration" in parts:
             bench_calibration(tok, args.keys)
+        if "levers" in parts:
+            bench_levers(model, tok, prompts[:args.prompts], args.new_tokens,
+                         args.schemes.split(","), args.levers.split(","))
         if "power" in parts:
             bench_power(model, tok, prompts[:args.prompts], args.new_tokens, args.batch,
                         args.schemes.split(","))

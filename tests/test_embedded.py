@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import openai
 import pytest
 
 from distillguard.backends.local import LocalBackend
@@ -42,13 +43,17 @@ async def test_outputs_are_watermarked_and_detected(harness_factory, tiny_model)
 async def test_no_request_field_switches_the_watermark_off(harness_factory, tiny_model):
     harness = await harness_factory(backend=LocalBackend(tiny_model, model_name="tiny"))
     client = harness.sdk()
+    # Fields that would ask for no watermark do not exist: they are refused by name.
+    for field, value in (("watermark", False), ("watermark_delta", 0)):
+        with pytest.raises(openai.BadRequestError) as err:
+            await client.chat.completions.create(model="tiny", messages=PROMPT,
+                                                 max_tokens=8, extra_body={field: value})
+        assert err.value.body["param"] == field
     reply = await client.chat.completions.create(
-        model="tiny", messages=PROMPT, max_tokens=120, temperature=1.0,
-        extra_body={"watermark": False, "watermark_delta": 0, "logit_bias": {}})
+        model="tiny", messages=PROMPT, max_tokens=120, temperature=1.0, logit_bias={})
     assert harness.gateway.watermark.detect_text(
         reply.choices[0].message.content)["p_value"] < 1e-3
-    [event] = harness.events()
-    assert event.watermark is not None
+    assert harness.events()[-1].watermark is not None
 
 
 async def test_plain_text_is_not_flagged(harness_factory, tiny_model):

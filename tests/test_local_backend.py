@@ -249,13 +249,24 @@ async def test_tiny_top_p_is_greedy(backend: LocalBackend) -> None:
 class ConstantWatermark:
     """A RowSampler that records what it is given and always picks one token."""
 
+    tally = None
+
     def __init__(self, token: int) -> None:
         self.token = token
         self.calls: list[tuple[np.ndarray, torch.Tensor, bool]] = []
 
-    def sample_row(self, context, logits, greedy, generator):
+    def effective(self, temperature, top_p):
+        return temperature, top_p
+
+    def bias_row(self, context, logits, scale=1.0):
+        return logits
+
+    def draw_row(self, context, logits, greedy, generator, reference=None):
         self.calls.append((context.copy(), logits, greedy))
         return self.token
+
+    def sample_row(self, context, logits, greedy, generator):
+        return self.draw_row(context, logits, greedy, generator)
 
 
 async def test_every_token_goes_through_the_watermark_sampler(backend: LocalBackend) -> None:

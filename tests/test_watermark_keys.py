@@ -113,7 +113,9 @@ def test_record_reproduces_detection_exactly(tmp_path):
     service = WatermarkService.from_settings(make_settings(tmp_path))
     sampler, record = service.sampler_for("acct", strength=2.0)
     assert record["params"]["strength"] == 2.0
-    assert set(record) == {"version", "scheme", "key_id", "cohort", "cohorts", "params"}
+    assert set(record) == {"version", "scheme", "key_id", "cohort", "cohorts", "params",
+                           "tokens"}
+    assert record["tokens"] == {"tokens": 0, "keyed": 0, "active": 0}
     text = generate(sampler)
     exact = service.detect_tokens(text, record=json.loads(json.dumps(record)))
     assert exact["keys_tried"] == 1 and exact["correction"] == "none"
@@ -137,7 +139,8 @@ def test_scheme_parameters_come_from_settings(tmp_path):
                              watermark_context_width=3, watermark_seeding="min")
     _, record = WatermarkService.from_settings(settings).sampler_for("a")
     assert record["params"] == {"gamma": 0.5, "delta": 4.0, "context_width": 3,
-                                "seeding": "min", "strength": 1.0}
+                                "seeding": "min", "strength": 1.0, "min_temperature": 0.7,
+                                "min_top_p": 0.9}
     settings = make_settings(tmp_path, watermark_scheme="exponential")
     _, record = WatermarkService.from_settings(settings).sampler_for("a")
     assert record["scheme"] == "exponential"

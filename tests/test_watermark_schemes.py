@@ -159,7 +159,8 @@ def test_two_level_inverse_cdf_agrees_with_a_plain_cumsum_search():
     full = np.cumsum(weights)
     for u in np.concatenate([rng.random(2000), [0.0, 1 - 1e-12]]):
         expected = min(int(np.searchsorted(full, u * full[-1], side="right")), 4999)
-        got = _inverse_cdf(weights, float(u))
+        got, total = _inverse_cdf(weights, float(u))
+        assert total == pytest.approx(full[-1])
         assert weights[got] > 0
         assert got == expected or abs(full[got] - full[expected]) < 1e-9
 

@@ -50,14 +50,15 @@ def test_request_processor_embeds_what_the_detector_finds(name, temperature):
     assert found["p_value"] < 1e-6
 
 
-def test_green_bias_moves_odds_by_exp_delta_at_any_temperature():
+def test_green_bias_goes_on_the_raw_logits_whatever_the_temperature():
+    # As in the local backend: the engine's temperature and top-p come after the bias,
+    # so they act on the watermarked distribution and cannot undo it.
     scheme = get_scheme("greenlist", delta=2.0)
     part = KeyedPartition(b"w" * 32, VOCAB)
     raw = torch.zeros(VOCAB)
     for temperature in (0.5, 1.0, 1.5):
         proc = vllm_adapter.RequestWatermark(scheme, part, temperature=temperature)
-        scaled = proc([1, 2], [], raw.clone()) / temperature
-        assert set(np.round(scaled.unique().numpy(), 5)) == {0.0, 2.0}
+        assert set(np.round(proc([1, 2], [], raw.clone()).unique().numpy(), 5)) == {0.0, 2.0}
 
 
 def test_processor_leaves_short_contexts_alone():

@@ -289,8 +289,15 @@ SETTINGS: tuple[Setting, ...] = (
             "`left` (hash of the tokens in order) or `min` (min-hash over the window; "
             "survives more local edits when the width is above 1).", choices=("left", "min")),
     Setting("watermark_greedy_temperature", float, 0.7, "Temperature at which the "
-            "exponential scheme samples greedy (temperature 0) requests, so that they "
-            "stay watermarked.", above=0),
+            "exponential scheme races greedy rows when `watermark_min_temperature` is 0.",
+            above=0),
+    Setting("watermark_min_temperature", float, 0.7, "Floor on a watermarked request's "
+            "temperature (temperature 0 included: greedy requests become a keyed, "
+            "repeatable choice among near-tied tokens). Below it too little entropy is "
+            "left for the watermark. 0 honours the client's temperature.", minimum=0,
+            maximum=2),
+    Setting("watermark_min_top_p", float, 0.9, "Floor on a watermarked request's top_p, "
+            "for the same reason. 0 honours the client's top_p.", minimum=0, maximum=1),
     Setting("watermark_cohorts", int, 16, "Number of account cohorts, each with its own "
             "derived key; detection names the cohort (applies to keys created from now "
             "on).", minimum=1),

@@ -31,6 +31,8 @@ class GenerationRequest:
     gateway's admission for backends that schedule between accounts. ``usage`` is
     filled in by the backend as tokens are generated, so that a request which ends
     early (client gone, stream closed) is still charged for what it cost.
+    Penalties and ``logit_bias`` act on the raw logits before the watermark does
+    (``backends.sampling.adjust_logits``); penalties count the tokens generated so far.
     """
 
     kind: Literal["chat", "completion"]
@@ -44,6 +46,9 @@ class GenerationRequest:
     seed: int | None = None
     n: int = 1
     user: str | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = dataclasses.field(default_factory=dict)
     watermark: Any = None
     body: dict[str, Any] = dataclasses.field(default_factory=dict)
     account: str | None = None

@@ -12,6 +12,7 @@ prefilled together, then their caches are padded and stacked onto the running on
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import secrets
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from distillguard.backends.base import (
     StreamDelta,
     StreamEnd,
 )
-from distillguard.backends.sampling import shape_logits
+from distillguard.backends.sampling import adjust_logits, shape_logits
 from distillguard.backends.textstream import TextStream
 from distillguard.watermark.base import RowSampler
 from distillguard.watermark.service import PlainSampler
@@ -70,18 +71,24 @@ class _Row:
     """One choice being generated."""
 
     __slots__ = ("job", "index", "sampler", "generator", "greedy", "temperature", "top_p",
-                 "context", "length", "max_new", "generated", "text")
+                 "presence", "frequency", "bias", "prompt_length", "context", "length",
+                 "max_new", "generated", "text")
 
     def __init__(self, job: Job, index: int, prompt: Sequence[int], max_new: int,
-                 sampler: RowSampler, generator: torch.Generator, text: TextStream) -> None:
+                 sampler: RowSampler, generator: torch.Generator, text: TextStream,
+                 bias: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         request = job.request
         self.job = job
         self.index = index
         self.sampler = sampler
         self.generator = generator
-        self.greedy = request.temperature <= 0
-        self.temperature = float(request.temperature)
-        self.top_p = float(request.top_p)
+        # The watermark's floors: a request cannot sample below them (sampling.py).
+        self.temperature, self.top_p = sampler.effective(request.temperature, request.top_p)
+        self.greedy = self.temperature <= 0
+        self.presence = float(request.presence_penalty)
+        self.frequency = float(request.frequency_penalty)
+        self.bias = bias
+        self.prompt_length = len(prompt)
         self.context = np.empty(len(prompt) + max_new, dtype=np.int64)
         self.context[: len(prompt)] = prompt
         self.length = len(prompt)
@@ -156,6 +163,10 @@ class Batcher:
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
         self._plain: RowSampler = PlainSampler()
+        self.vocab_size = int(model.config.vocab_size)
+        # Keys the generator of greedy requests that a watermark's floor turns into
+        # sampling: the same prompt gets the same answer while this process runs.
+        self._greedy_salt = secrets.token_bytes(16)
         self._rows: list[_Row] = []
         self._progress: dict[int, _Progress] = {}
         self._cache: DynamicCache | None = None
@@ -209,6 +220,11 @@ class Batcher:
             # The model needs at least one token to condition on.
             start = tok.bos_token_id if tok.bos_token_id is not None else self.pad_id
             ids = [int(start)]
+        bad = [t for t in request.logit_bias if not 0 <= t < self.vocab_size]
+        if bad:
+            raise BackendError(f"'logit_bias' names token id {bad[0]}, outside this model's "
+                               f"vocabulary of {self.vocab_size} tokens", status=400,
+                               code="invalid_value", param="logit_bias")
         if self.context_length is not None and len(ids) >= self.context_length:
             raise BackendError(
                 f"This model's maximum context length is {self.context_length} tokens; "
@@ -257,11 +273,18 @@ class Batcher:
             self._progress[id(job)] = _Progress(len(ids), request.n)
             request.usage.prompt_tokens = len(ids)
             sampler = request.watermark if request.watermark is not None else self._plain
+            seed = request.seed
+            if seed is None and request.temperature <= 0:
+                seed = self._greedy_seed(ids)
+            bias = None
+            if request.logit_bias:
+                bias = (torch.tensor(list(request.logit_bias), dtype=torch.long),
+                        torch.tensor(list(request.logit_bias.values()), dtype=torch.float32))
             for choice in range(request.n):
                 expand.append(i)
                 rows.append(_Row(job, choice, ids, max(1, max_new), sampler,
-                                 row_generator(request.seed, choice),
-                                 TextStream(self._decode, request.stop)))
+                                 row_generator(seed, choice),
+                                 TextStream(self._decode, request.stop), bias))
         index = torch.tensor(expand, dtype=torch.long)
         if len(expand) != len(accepted):
             cache.batch_select_indices(index)
@@ -274,6 +297,11 @@ class Batcher:
             cache.batch_select_indices(keep_index)
         mask = mask.index_select(0, keep_index)
         self._merge(cache, mask, [rows[k] for k in keep], tokens.index_select(0, keep_index))
+
+    def _greedy_seed(self, ids: Sequence[int]) -> int:
+        digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8,
+                                 key=self._greedy_salt).digest()
+        return int.from_bytes(digest, "little") >> 1
 
     def _merge(self, cache: DynamicCache, mask: torch.Tensor, rows: list[_Row],
                tokens: torch.Tensor) -> None:
@@ -363,6 +391,18 @@ class Batcher:
         temperature = torch.tensor([r.temperature for r in rows], dtype=torch.float32)
         top_p = torch.tensor([r.top_p for r in rows], dtype=torch.float32)
         with torch.inference_mode():
+            logits = logits.float().clone()
+            for i, row in enumerate(rows):
+                if row.presence or row.frequency or row.bias is not None:
+                    adjust_logits(logits[i], row.context[row.prompt_length: row.length],
+                                  presence=row.presence, frequency=row.frequency,
+                                  bias=row.bias)
+            # What an unwatermarked greedy pick would be, for the watermark's tally.
+            reference = logits.argmax(dim=-1).tolist()
+            for i, row in enumerate(rows):
+                if row.sampler.tally is not None:
+                    logits[i] = row.sampler.bias_row(row.context[: row.length], logits[i],
+                                                     max(1.0, row.temperature))
             shaped = shape_logits(logits, temperature, top_p)
         chosen = [0] * len(rows)
         keep: list[int] = []
@@ -373,8 +413,8 @@ class Batcher:
                 self._progress.pop(id(job), None)
                 continue
             try:
-                token = row.sampler.sample_row(row.context[: row.length], shaped[i],
-                                               row.greedy, row.generator)
+                token = row.sampler.draw_row(row.context[: row.length], shaped[i],
+                                             row.greedy, row.generator, reference[i])
             except Exception:
                 log.exception("sampling failed")
                 job.fail(BackendError("sampling failed", status=500, code="internal_error"))

@@ -1,14 +1,40 @@
-"""Shape a batch of next-token logits (temperature, top-p) before per-row sampling.
+"""The order in which one next-token distribution is made, for every local backend.
 
-Every token a local backend emits goes through ``shape_logits`` and then one
-``RowSampler.sample_row`` call: the request's watermark when it has one, else
-``distillguard.watermark.service.PlainSampler``. One path, so a watermarked and an
-unwatermarked request differ only in that call.
+1. the model's raw logits;
+2. the client's penalties and ``logit_bias`` (``adjust_logits``);
+3. the watermark's bias (``RowSampler.bias_row``): on the raw logits, so that nothing a
+   request asks for afterwards can undo it (scaled by the temperature when that is
+   above 1, so that a hot request cannot dilute it either);
+4. temperature and top-p (``shape_logits``), each first raised to the watermark's floor
+   (``RowSampler.effective``);
+5. the pick (``RowSampler.draw_row``): the request's watermark when it has one, else
+   ``distillguard.watermark.service.PlainSampler``.
+
+One path, so a watermarked and an unwatermarked request differ only in steps 3-5.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+MAX_LOGIT_BIAS_ENTRIES = 300
+
+
+def adjust_logits(logits: torch.Tensor, generated: np.ndarray, *, presence: float = 0.0,
+                  frequency: float = 0.0,
+                  bias: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Apply OpenAI's penalties and ``logit_bias`` to one row's ``[vocab]`` logits in place.
+
+    Each token already generated (``generated``) loses ``presence`` once and
+    ``frequency`` per occurrence; ``bias`` is (token ids, values) added as given.
+    """
+    if (presence or frequency) and len(generated):
+        ids, counts = np.unique(generated, return_counts=True)
+        penalty = torch.from_numpy(counts * frequency + presence).to(logits.dtype)
+        logits.index_add_(0, torch.from_numpy(ids), -penalty)
+    if bias is not None:
+        logits.index_add_(0, bias[0], bias[1].to(logits.dtype))
 
 
 def shape_logits(logits: torch.Tensor, temperature: torch.Tensor,

@@ -2,6 +2,11 @@
 
 Hand-written rather than a model library: the checks are few, each error must name its
 ``param`` the way OpenAI does, and this runs on every request of a latency-bound proxy.
+
+The contract: every field of the chat completions and completions APIs is either served
+(``SERVED``) or refused with a 400 that names it (``REFUSED``, unless its value is one
+that asks for nothing, e.g. ``logprobs: false``); a field neither API has is refused as
+OpenAI does. Nothing is accepted and ignored.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from distillguard.backends.base import GenerationRequest
+from distillguard.backends.sampling import MAX_LOGIT_BIAS_ENTRIES
 from distillguard.gateway.errors import InvalidRequest
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -17,8 +23,69 @@ CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "fun
 RECORDED_PARAMS = (
     "temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "stop", "seed",
     "stream", "user", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
-    "response_format",
+    "response_format", "safety_identifier",
 )
+
+
+_SAMPLING = ("temperature", "top_p", "n", "stop", "seed", "max_tokens", "presence_penalty",
+             "frequency_penalty", "logit_bias", "stream", "stream_options", "user", "model")
+SERVED = {
+    "chat": frozenset(_SAMPLING + ("messages", "max_completion_tokens", "safety_identifier")),
+    "completion": frozenset(_SAMPLING + ("prompt",)),
+}
+"""Fields each endpoint honours."""
+
+_LOGPROBS = ("log-probabilities are not returned: they are the soft labels distillation "
+             "wants most, and comparing them across contexts exposes the watermark")
+_TOOLS = "tool and function calling are not supported by this server"
+REFUSED: dict[str, dict[str, tuple[tuple[Any, ...], str]]] = {
+    "chat": {
+        "logprobs": ((False,), _LOGPROBS),
+        "top_logprobs": ((0,), _LOGPROBS),
+        "tools": (([],), _TOOLS),
+        "tool_choice": (("none",), _TOOLS),
+        "parallel_tool_calls": ((), _TOOLS),
+        "functions": (([],), _TOOLS),
+        "function_call": (("none",), _TOOLS),
+        "response_format": (({"type": "text"},), "only text output is served; JSON modes "
+                            "and schemas are not enforced"),
+        "modalities": ((["text"],), "only the text modality is served"),
+        "audio": ((), "audio output is not served"),
+        "prediction": ((), "predicted outputs are not supported"),
+        "web_search_options": ((), "web search is not available"),
+        "reasoning_effort": ((), "the served model does not take a reasoning effort"),
+        "verbosity": ((), "the served model does not take a verbosity"),
+        "store": ((False,), "completions are not stored for later retrieval"),
+        "metadata": (({},), "completions are not stored, so metadata has nowhere to go"),
+        "service_tier": (("auto", "default"), "this server has one service tier"),
+        "prompt_cache_key": ((), "prompt caching hints are not supported"),
+    },
+    "completion": {
+        "logprobs": ((False, 0), _LOGPROBS),
+        "echo": ((False,), "the prompt is not echoed back"),
+        "best_of": ((1,), "best_of needs log-probabilities, which are not computed"),
+        "suffix": (("",), "insertion with a suffix is not supported"),
+    },
+}
+"""Fields each endpoint refuses: (values that ask for nothing and pass, why not)."""
+
+
+def check_fields(body: dict[str, Any], kind: str) -> None:
+    """Refuse, with a 400 naming it, every field ``kind`` does not honour."""
+    served, refused = SERVED[kind], REFUSED[kind]
+    for name, value in body.items():
+        if name in served or value is None:
+            continue
+        rule = refused.get(name)
+        if rule is None:
+            raise InvalidRequest(f"Unrecognized request argument supplied: {name}",
+                                 param=name, code="unknown_parameter")
+        harmless, why = rule
+        # Compared with their types: in Python `False == 0` and `True == 1`.
+        if any(type(value) is type(h) and value == h for h in harmless):
+            continue
+        raise InvalidRequest(f"'{name}' is not supported here: {why}.", param=name,
+                             code="unsupported_parameter")
 
 
 class Limits:
@@ -86,6 +153,33 @@ def _stop(body: dict[str, Any]) -> list[str]:
     return [s for s in stop if s]
 
 
+def _logit_bias(body: dict[str, Any]) -> dict[int, float]:
+    bias = body.get("logit_bias")
+    if bias is None:
+        return {}
+    if not isinstance(bias, dict):
+        raise InvalidRequest("'logit_bias' must be an object mapping token ids to biases",
+                             param="logit_bias", code="invalid_type")
+    if len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidRequest(f"'logit_bias' takes at most {MAX_LOGIT_BIAS_ENTRIES} tokens, "
+                             f"got {len(bias)}", param="logit_bias", code="invalid_value")
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        token = str(key).strip()
+        if not token.isascii() or not token.isdigit():
+            raise InvalidRequest(f"'logit_bias' keys must be token ids, got {key!r}",
+                                 param="logit_bias", code="invalid_value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidRequest(f"'logit_bias' values must be numbers, got "
+                                 f"{type(value).__name__}", param="logit_bias",
+                                 code="invalid_type")
+        if not -100 <= value <= 100:
+            raise InvalidRequest(f"'logit_bias' values must lie between -100 and 100, got "
+                                 f"{value}", param="logit_bias", code="invalid_value")
+        out[int(token)] = float(value)
+    return out
+
+
 def _common(body: dict[str, Any], limits: Limits) -> dict[str, Any]:
     n = _integer(body, "n")
     if n is None:
@@ -96,6 +190,10 @@ def _common(body: dict[str, Any], limits: Limits) -> dict[str, Any]:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("'user' must be a string", param="user", code="invalid_type")
+    safety = body.get("safety_identifier")
+    if safety is not None and not isinstance(safety, str):
+        raise InvalidRequest("'safety_identifier' must be a string",
+                             param="safety_identifier", code="invalid_type")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
@@ -107,7 +205,16 @@ def _common(body: dict[str, Any], limits: Limits) -> dict[str, Any]:
         if not stream:
             raise InvalidRequest("'stream_options' is only allowed when 'stream' is true",
                                  param="stream_options", code="invalid_value")
+    if isinstance(options, dict):
+        extra = set(options) - {"include_usage"}
+        if extra:
+            name = sorted(extra)[0]
+            raise InvalidRequest(f"'stream_options.{name}' is not supported here",
+                                 param="stream_options", code="unsupported_parameter")
     return {
+        "presence_penalty": _number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        "frequency_penalty": _number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        "logit_bias": _logit_bias(body),
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _number(body, "top_p", 1.0, 0.0, 1.0),
         "max_tokens": _max_tokens(body, limits),
@@ -175,6 +282,8 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def parse_chat(body: dict[str, Any], limits: Limits) -> GenerationRequest:
+    """A chat completions body as a ``GenerationRequest``; ``InvalidRequest`` if not."""
+    check_fields(body, "chat")
     model = _model(body)
     messages = _messages(body)
     return GenerationRequest(kind="chat", model=model, messages=messages, body=body,
@@ -182,6 +291,8 @@ def parse_chat(body: dict[str, Any], limits: Limits) -> GenerationRequest:
 
 
 def parse_completion(body: dict[str, Any], limits: Limits) -> GenerationRequest:
+    """A completions body as a ``GenerationRequest``; ``InvalidRequest`` if not."""
+    check_fields(body, "completion")
     model = _model(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import special
 
 from distillguard.registry import RegistryError
-from distillguard.watermark.base import RowSampler
+from distillguard.watermark.base import ACTIVE_TOP_PROBABILITY, RowSampler, new_tally
 from distillguard.watermark.keyed import SEEDINGS, KeyedPartition, threshold, to_unit
 from distillguard.watermark.registry import SCHEMES
 
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     # Only generation touches tensors; detection (scores and p-values) runs without torch,
     # so a lean install can detect. Generation paths import it where they use it.
     import torch
+
+MIN_TEMPERATURE = 0.7
+MIN_TOP_P = 0.9
 
 
 def register(cls: type[Scheme]) -> type[Scheme]:
@@ -58,29 +61,38 @@ def sample_plain(logits: torch.Tensor, greedy: bool, generator: torch.Generator 
                  green: np.ndarray | None = None, delta: float = 0.0) -> int:
     """Argmax when ``greedy``, else one draw from softmax(logits) using ``generator``.
 
-    With ``green``, ``delta`` is added to those logits first. The draw is an inverse-CDF
-    lookup of one uniform from the row's generator, done in numpy: exact, reproducible
-    per seed, and single-threaded, where ``torch.multinomial`` over 49,152 logits cost
-    2-35 ms per row on a busy 2-core machine against about 0.1-0.2 ms for this.
+    With ``green``, ``delta`` is added to those logits first.
     """
     x = _float64_copy(logits)
     if green is not None:
         # a multiply-add is ~6x faster than np.add(..., where=green) here
         np.add(x, green * delta, out=x)
+    return draw(x, greedy, generator)[0]
+
+
+def draw(x: np.ndarray, greedy: bool, generator: torch.Generator | None) -> tuple[int, float]:
+    """(token, probability of the most likely token) for float64 logits ``x`` (reused).
+
+    The draw is an inverse-CDF lookup of one uniform from the row's generator, done in
+    numpy: exact, reproducible per seed, and single-threaded, where ``torch.multinomial``
+    over 49,152 logits cost 2-35 ms per row on a busy 2-core machine against about
+    0.1-0.2 ms for this. Greedy picks report probability 1.
+    """
     if greedy:
-        return int(np.argmax(x))
+        return int(np.argmax(x)), 1.0
     x -= x.max()
     np.exp(x, out=x)  # -inf (outside top-p) becomes exactly 0
     import torch
 
-    return _inverse_cdf(x, float(torch.rand(1, generator=generator)))
+    token, total = _inverse_cdf(x, float(torch.rand(1, generator=generator)))
+    return token, 1.0 / total
 
 
 _BLOCK = 256
 
 
-def _inverse_cdf(weights: np.ndarray, u: float) -> int:
-    """The index i with cumsum(weights)[i-1] <= u * total < cumsum(weights)[i].
+def _inverse_cdf(weights: np.ndarray, u: float) -> tuple[int, float]:
+    """(i, total): cumsum(weights)[i-1] <= u * total < cumsum(weights)[i].
 
     Two levels (block sums, then one block) because a full cumsum is sequential and
     costs more than everything else in a sampling step.
@@ -94,12 +106,12 @@ def _inverse_cdf(weights: np.ndarray, u: float) -> int:
     i = starts[block] + min(int(np.searchsorted(inner, target - base, side="right")),
                             len(inner) - 1)
     if weights[i] > 0:
-        return int(i)
+        return int(i), float(outer[-1])
     # Rounding put the target on a zero-weight token (e.g. outside top-p): fall back to
     # the exact one-level search.
     full = np.cumsum(weights)
     i = min(int(np.searchsorted(full, u * full[-1], side="right")), len(weights) - 1)
-    return int(i if weights[i] > 0 else np.flatnonzero(weights)[-1])
+    return int(i if weights[i] > 0 else np.flatnonzero(weights)[-1]), float(outer[-1])
 
 
 class Scheme(abc.ABC):
@@ -108,6 +120,10 @@ class Scheme(abc.ABC):
     ``context_width`` (h) tokens before each position seed its keyed values; ``seeding``
     is one of ``keyed.SEEDINGS``. ``strength`` >= 1 strengthens the watermark at some
     cost in quality (the policy layer's "degrade"); it never goes below 1.
+
+    ``min_temperature`` / ``min_top_p`` are floors on the request's temperature and
+    top-p (temperature 0, greedy, is raised too): below them a distribution has too
+    little entropy left for any watermark to act on, so a client could switch it off.
     """
 
     name: ClassVar[str]
@@ -115,7 +131,14 @@ class Scheme(abc.ABC):
     """Name of the summed per-token score in detector results."""
 
     def __init__(self, *, context_width: int = 1, seeding: str = "left",
-                 strength: float = 1.0) -> None:
+                 strength: float = 1.0, min_temperature: float = MIN_TEMPERATURE,
+                 min_top_p: float = MIN_TOP_P) -> None:
+        if not 0.0 <= min_temperature <= 2.0:
+            raise ValueError(f"min_temperature must lie in 0..2, got {min_temperature}")
+        if not 0.0 <= min_top_p <= 1.0:
+            raise ValueError(f"min_top_p must lie in 0..1, got {min_top_p}")
+        self.min_temperature = float(min_temperature)
+        self.min_top_p = float(min_top_p)
         if not 0 <= int(context_width) <= 16:
             raise ValueError(f"context_width must lie in 0..16, got {context_width}")
         if seeding not in SEEDINGS:
@@ -130,7 +153,8 @@ class Scheme(abc.ABC):
     def params(self) -> dict[str, Any]:
         """JSON-able parameters that reproduce this scheme exactly (``get_scheme``)."""
         return {"context_width": self.context_width, "seeding": self.seeding,
-                "strength": self.strength}
+                "strength": self.strength, "min_temperature": self.min_temperature,
+                "min_top_p": self.min_top_p}
 
     def with_strength(self, strength: float) -> Scheme:
         """The same scheme at ``strength`` (>= 1)."""
@@ -180,15 +204,38 @@ class Scheme(abc.ABC):
 
 
 class _RowSamplerBase:
-    """A scheme bound to one partition, with a per-sampler scratch buffer.
+    """A scheme bound to one partition, with a scratch buffer and the request's tally.
 
-    One sampler serves one request, so the buffer is never shared between threads.
+    One sampler serves one request (all its choices), and one thread draws for it, so
+    the buffer is never shared between threads.
     """
 
     def __init__(self, scheme: Scheme, partition: KeyedPartition) -> None:
         self.scheme = scheme
         self.partition = partition
+        self.tally: dict[str, Any] | None = new_tally()
         self._buf: np.ndarray | None = None
+
+    def effective(self, temperature: float, top_p: float) -> tuple[float, float]:
+        return (max(float(temperature), self.scheme.min_temperature),
+                max(float(top_p), self.scheme.min_top_p))
+
+    def bias_row(self, context: np.ndarray, logits: torch.Tensor,
+                 scale: float = 1.0) -> torch.Tensor:
+        return logits
+
+    def sample_row(self, context: np.ndarray, logits: torch.Tensor, greedy: bool,
+                   generator: torch.Generator | None) -> int:
+        return self.draw_row(context, self.bias_row(context, logits), greedy, generator)
+
+    def _count(self, keyed: bool, top: float, token: int, reference: int | None) -> None:
+        tally = self.tally
+        assert tally is not None
+        tally["tokens"] += 1
+        if keyed:
+            tally["keyed"] += 1
+            if top < ACTIVE_TOP_PROBABILITY or (reference is not None and token != reference):
+                tally["active"] += 1
 
 
 @register
@@ -248,10 +295,9 @@ class GreenList(Scheme):
 
     def process_logits(self, partition: KeyedPartition, context: np.ndarray,
                        logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        # The engine divides by the temperature after this; scaling the bias by T makes
-        # the tokens' odds move by exactly exp(delta), as in ``sampler``.
-        return self.bias(partition, context, logits,
-                         scale=temperature if temperature > 0 else 1.0)
+        # As in ``sampler``: the bias goes on the raw logits, before the engine's
+        # temperature and top-p, scaled up for a temperature above 1.
+        return self.bias(partition, context, logits, scale=max(1.0, temperature))
 
     def token_scores(self, values: np.ndarray) -> np.ndarray:
         return (values < self._threshold).astype(np.float64)
@@ -281,17 +327,19 @@ class GreenList(Scheme):
 class _GreenListSampler(_RowSamplerBase):
     scheme: GreenList
 
-    def sample_row(self, context: np.ndarray, logits: torch.Tensor, greedy: bool,
-                   generator: torch.Generator | None) -> int:
-        seed = self.scheme.seed_for(self.partition, context)
-        if seed is None:
-            return sample_plain(logits, greedy, generator)
+    def bias_row(self, context: np.ndarray, logits: torch.Tensor,
+                 scale: float = 1.0) -> torch.Tensor:
         vocab = logits.shape[-1]
         if self._buf is None or len(self._buf) != vocab:
             self._buf = np.empty(vocab, dtype=np.uint64)
-        green = self.scheme.green_mask(self.partition, seed, vocab, out=self._buf)
-        return sample_plain(logits, greedy, generator, green=green,
-                            delta=self.scheme.effective_delta)
+        return self.scheme.bias(self.partition, context, logits, buf=self._buf, scale=scale)
+
+    def draw_row(self, context: np.ndarray, logits: torch.Tensor, greedy: bool,
+                 generator: torch.Generator | None, reference: int | None = None) -> int:
+        token, top = draw(_float64_copy(logits), greedy, generator)
+        self._count(self.scheme.seed_for(self.partition, context) is not None, top, token,
+                    reference)
+        return token
 
 
 @register
@@ -332,11 +380,17 @@ class Exponential(Scheme):
     def choose(self, partition: KeyedPartition, seed: np.uint64,
                logits: torch.Tensor) -> int:
         """The race winner argmax r_t ** (1/p_t) under softmax(logits / strength)."""
+        return self.race(partition, seed, logits)[0]
+
+    def race(self, partition: KeyedPartition, seed: np.uint64,
+             logits: torch.Tensor) -> tuple[int, float]:
+        """(``choose``'s token, the probability of the most likely token it raced)."""
         x = _float64_copy(logits)
         if self.strength != 1.0:
             x /= self.strength
         x -= x.max()
         p = np.exp(x, out=x)  # unnormalised: the argmax below does not depend on scale
+        top = 1.0 / float(p.sum())
         if np.all(p > 0):
             r = to_unit(partition.row_values(seed, len(p)))
             support = None
@@ -348,7 +402,7 @@ class Exponential(Scheme):
         race = np.log(r, out=r)
         race /= p
         best = int(np.argmax(race))
-        return best if support is None else int(support[best])
+        return (best if support is None else int(support[best])), top
 
     def sampler(self, partition: KeyedPartition) -> RowSampler:
         return _ExponentialSampler(self, partition)
@@ -404,12 +458,15 @@ def _window_seen_before(context: np.ndarray, width: int) -> bool:
 class _ExponentialSampler(_RowSamplerBase):
     scheme: Exponential
 
-    def sample_row(self, context: np.ndarray, logits: torch.Tensor, greedy: bool,
-                   generator: torch.Generator | None) -> int:
+    def draw_row(self, context: np.ndarray, logits: torch.Tensor, greedy: bool,
+                 generator: torch.Generator | None, reference: int | None = None) -> int:
         seed = self.scheme.race_seed(self.partition, context)
         if seed is None:
-            return sample_plain(logits, greedy, generator)
+            token, top = draw(_float64_copy(logits), greedy, generator)
+            self._count(False, top, token, reference)
+            return token
         if greedy:
             logits = logits / self.scheme.greedy_temperature
-        return self.scheme.choose(self.partition, seed, logits)
-
+        token, top = self.scheme.race(self.partition, seed, logits)
+        self._count(True, top, token, reference)
+        return token

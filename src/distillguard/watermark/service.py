@@ -39,7 +39,21 @@ _RELOAD_CHECK_S = 1.0
 
 
 class PlainSampler:
-    """The unwatermarked ``RowSampler``: argmax when greedy, else a softmax draw."""
+    """The unwatermarked ``RowSampler``: the request's own temperature and top-p, argmax
+    when greedy, else a softmax draw."""
+
+    tally = None
+
+    def effective(self, temperature: float, top_p: float) -> tuple[float, float]:
+        return float(temperature), float(top_p)
+
+    def bias_row(self, context: np.ndarray, logits: torch.Tensor,
+                 scale: float = 1.0) -> torch.Tensor:
+        return logits
+
+    def draw_row(self, context: np.ndarray, logits: torch.Tensor, greedy: bool,
+                 generator: torch.Generator | None, reference: int | None = None) -> int:
+        return sample_plain(logits, greedy, generator)
 
     def sample_row(self, context: np.ndarray, logits: torch.Tensor, greedy: bool,
                    generator: torch.Generator | None) -> int:
@@ -169,6 +183,10 @@ class WatermarkService:
                     strength: float = 1.0) -> tuple[RowSampler, dict[str, Any] | None]:
         """The request's ``RowSampler`` and its event record (None when disabled).
 
+        The record's ``tokens`` (see ``base.new_tally``) fills in as the backend draws:
+        how many tokens were drawn, keyed, and drawn where the watermark could act. A
+        backend that cannot watermark (upstream) leaves them at 0.
+
         ``strength`` >= 1 strengthens the watermark (policy "degrade"); values below 1
         are raised to 1, so nothing can weaken it.
         """
@@ -181,8 +199,11 @@ class WatermarkService:
         if strength > 1.0:
             scheme = scheme.with_strength(strength)
         sampler = scheme.sampler(self.partition(key, scheme.name, cohort))
+        # ``tokens`` is the sampler's own tally, filled in while the backend generates,
+        # so the event (written after the response) says where the watermark could act.
         record = {"version": RECORD_VERSION, "scheme": scheme.name, "key_id": key.key_id,
-                  "cohort": cohort, "cohorts": key.cohorts, "params": scheme.params}
+                  "cohort": cohort, "cohorts": key.cohorts, "params": scheme.params,
+                  "tokens": sampler.tally}
         return sampler, record
 
     # ----- detection --------------------------------------------------------------------
