@@ -25,6 +25,16 @@ async def test_admin_key_for_a_bad_account_name_is_a_400_naming_account(harness,
     assert accounts == []  # nothing half-created
 
 
+@pytest.mark.parametrize("name", ["n" * 201, "two\nlines"])
+async def test_admin_key_with_a_bad_name_is_a_400_naming_name(harness, name):
+    async with harness.http(headers=ADMIN) as http:
+        response = await http.post("/admin/keys", json={"account": "bob", "name": name})
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == "name"
+        ok = await http.post("/admin/keys", json={"account": "bob", "name": "ci key"})
+        assert ok.status_code == 201
+
+
 async def test_trailing_slash_is_not_redirected_to_the_host_header(harness):
     async with harness.http(headers={**ADMIN, "host": "evil.example"}) as http:
         response = await http.get("/admin/accounts/", follow_redirects=False)

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from distillguard.gateway import errors
 from distillguard.gateway.routes import gateway_of, json_response, read_json
-from distillguard.telemetry.keys import check_account_name
+from distillguard.telemetry.keys import MAX_ACCOUNT_CHARS, check_account_name
 
 
 def _require_admin(request: Request) -> None:
@@ -55,6 +55,10 @@ async def create_key(request: Request) -> Response:
     name = body.get("name")
     if name is not None and not isinstance(name, str):
         raise errors.InvalidRequest("'name' must be a string", param="name")
+    if name is not None and (len(name) > MAX_ACCOUNT_CHARS or not name.isprintable()):
+        # Listed in the admin API and the console: bounded and on one line.
+        raise errors.InvalidRequest(f"'name' must be at most {MAX_ACCOUNT_CHARS} printable "
+                                    "characters", param="name")
     record, key = await asyncio.to_thread(gateway.store.create_key, account,
                                           name=name)
     # The only time the key is shown: the store keeps its hash.
