@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 from distillguard.config import Settings
 from distillguard.detection.corpus import sharegpt_first_turns
@@ -283,6 +284,12 @@ def adaptive(args) -> None:
 
 
 def main() -> int:
+    if "--scale" in sys.argv[1:]:
+        # The scale-out replay through the durable log lives in its own module.
+        sys.path.insert(0, str(Path(__file__).parent))
+        from detection_scale import main as scale_main
+
+        return scale_main(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hours", type=float, default=12.0, help="simulated hours of the "
                     "test split")

@@ -160,8 +160,11 @@ class CheckpointStore:
         """The checkpoint store beside the settings' event store."""
         if settings.store == "postgres":
             return cls(postgres_dsn=settings.postgres_dsn.reveal())
-        settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return cls(sqlite_path=settings.data_path / CHECKPOINT_FILE)
+        from distillguard.datadir import private_dir, private_file
+
+        # Owner-only like events.db: account state derives from prompts.
+        folder = private_dir(settings.data_path)
+        return cls(sqlite_path=private_file(folder / CHECKPOINT_FILE))
 
     def save(self, name: str, position: int, blob: bytes) -> None:
         """Replace ``name``'s checkpoint (state and position in one statement)."""
