@@ -198,9 +198,14 @@ async def test_a_flood_in_front_of_a_harvest_delays_its_action_by_no_more_than_t
         flooders = [sdk(app, k) for k in flood_keys]
         harvester = sdk(app, hkey)
 
+        # At most 4 in flight per account: the gateway caps concurrency per account.
+        slots = [asyncio.Semaphore(4) for _ in flooders]
+
         async def cheap(client, i):
-            await client.chat.completions.create(
-                model="echo", max_tokens=1, messages=[{"role": "user", "content": f"hi {i}"}])
+            async with slots[i % 20]:
+                await client.chat.completions.create(
+                    model="echo", max_tokens=1,
+                    messages=[{"role": "user", "content": f"hi {i}"}])
 
         flood_start = time.monotonic()
         await asyncio.gather(*(cheap(flooders[i % 20], i) for i in range(3000)))

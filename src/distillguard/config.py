@@ -265,6 +265,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("nats_max_age_hours", float, 72.0, "Hours the event stream keeps events "
             "(detection can fall this far behind, or be down this long, and catch up).",
             above=0),
+    Setting("echo_tokens", int, 16, "Words in each answer of the echo backend (tests and "
+            "demos of detection, which measures how much an account takes, run it as "
+            "separate processes).", minimum=1),
     # --- end durable detection settings ---
     # --- detq settings (issue 13: baselines, calibrated rules) ---
     Setting("detection_baseline_min_accounts", int, 20, "Accounts with enough events the "

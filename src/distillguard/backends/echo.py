@@ -46,8 +46,8 @@ class EchoBackend:
 
     @classmethod
     def from_settings(cls, settings: Any) -> EchoBackend:
-        """An echo backend serving ``settings.model_name``."""
-        return cls(model_name=settings.model_name)
+        """An echo backend serving ``settings.model_name``, ``echo_tokens`` words an answer."""
+        return cls(model_name=settings.model_name, tokens=settings.echo_tokens)
 
     async def start(self) -> None:
         """Nothing to load."""
