@@ -15,8 +15,14 @@ One path, so a watermarked and an unwatermarked request differ only in steps 3-5
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    # The gateway's request schema reads MAX_LOGIT_BIAS_ENTRIES from here, and a lean
+    # install (no torch) runs that schema: the functions import torch when they run.
+    import torch
 
 MAX_LOGIT_BIAS_ENTRIES = 300
 
@@ -29,6 +35,8 @@ def adjust_logits(logits: torch.Tensor, generated: np.ndarray, *, presence: floa
     Each token already generated (``generated``) loses ``presence`` once and
     ``frequency`` per occurrence; ``bias`` is (token ids, values) added as given.
     """
+    import torch
+
     if (presence or frequency) and len(generated):
         ids, counts = np.unique(generated, return_counts=True)
         penalty = torch.from_numpy(counts * frequency + presence).to(logits.dtype)
@@ -46,6 +54,8 @@ def shape_logits(logits: torch.Tensor, temperature: torch.Tensor,
     smallest set of most likely tokens whose probability reaches ``top_p``; the most
     likely token always stays).
     """
+    import torch
+
     logits = logits.float()
     greedy = temperature <= 0
     scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
