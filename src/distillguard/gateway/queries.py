@@ -7,8 +7,8 @@ keys are listed by id and prefix only.
 
 Ranking every tracked account costs about 0.1 ms each (10 s at 100,000 accounts), so
 ``RiskIndex`` keeps the order of the last ranking and rebuilds it in the background once
-it is older than twice its own build time; small populations rebuild on every read and
-are always exact. The rows shown are always scored afresh.
+it is older than twice its own build time (and at least five seconds); small populations
+rebuild on every read and are always exact. The rows shown are always scored afresh.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from distillguard.policy.actions import KINDS, check_action
 
 # Builds faster than this run inline, so small deployments and tests see exact order.
 INLINE_BUILD_S = 0.05
+# A slower build reruns in the background at most this often (and never more often than
+# every five builds' time), so that it takes a bounded share of the CPU from the pages.
+REBUILD_EVERY_S = 5.0
 
 
 class QueryError(ValueError):
@@ -79,7 +82,8 @@ class RiskIndex:
         with self._lock:
             entries, age = self._entries, self._clock() - self._built_at
             inline = entries is None or self._build_s < INLINE_BUILD_S
-            stale = entries is None or inline or age > 2 * self._build_s
+            stale = entries is None or inline or age > max(5 * self._build_s,
+                                                           REBUILD_EVERY_S)
             start = stale and not inline and not self._building
             if start:
                 self._building = True
@@ -184,10 +188,20 @@ def histogram(gateway: Any, *, since: float, until: float, buckets: int,
     return {"start": since, "bucket_s": bucket_s, "requests": requests, "accounts": accounts}
 
 
-def campaigns(gateway: Any) -> list[dict[str, Any]]:
-    """Campaigns of the last detection round, highest risk first."""
+def campaigns(gateway: Any, *, offset: int = 0, limit: int | None = None
+              ) -> list[dict[str, Any]]:
+    """Campaigns of the last detection round, highest risk first (``limit`` of them
+    from ``offset``; all by default)."""
     detection, _ = parts(gateway)
-    return [c.to_dict() for c in detection.campaigns()]
+    found = detection.campaigns()
+    end = None if limit is None else offset + limit
+    return [c.to_dict() for c in found[offset:end]]
+
+
+def campaign_count(gateway: Any) -> int:
+    """How many campaigns the last detection round found."""
+    detection, _ = parts(gateway)
+    return len(detection.campaigns())
 
 
 def campaign_view(gateway: Any, campaign_id: str) -> dict[str, Any] | None:
