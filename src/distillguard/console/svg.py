@@ -71,7 +71,8 @@ def link_graph(accounts: Sequence[tuple[str, str]], hubs: Sequence[tuple[str, st
     inner ring, an edge for each account that shares a hub's evidence. Account nodes link
     to their pages."""
     cx = cy = size / 2
-    r_out, r_in = size / 2 - 70, size / 2 - 190
+    # Room outside the ring for labels of up to 18 characters.
+    r_out, r_in = size / 2 - 105, size / 2 - 200
     pos: dict[str, tuple[float, float]] = {}
     for i, (name, _) in enumerate(accounts):
         a = 2 * math.pi * i / max(len(accounts), 1) - math.pi / 2

@@ -299,7 +299,7 @@ async def overview(request: Request, console: Console, session: Session) -> Resp
                                      title="requests and active accounts over time"),
             "bucket_s": h["bucket_s"], "chart_age": age,
             "acted": queries.acted_since(gateway, since),
-            "campaigns": queries.campaigns(gateway, limit=10),
+            "campaigns": queries.campaign_summaries(gateway, limit=10),
             "campaign_total": queries.campaign_count(gateway),
             "detection": _detection_status(gateway),
             "funnel": _signup_funnel(gateway, since),
@@ -425,7 +425,8 @@ async def campaign_list(request: Request, console: Console, session: Session) ->
         number = 1
 
     def read() -> tuple[list[dict[str, Any]], int]:
-        return (queries.campaigns(gateway, offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE),
+        return (queries.campaign_summaries(gateway, offset=(number - 1) * PAGE_SIZE,
+                                           limit=PAGE_SIZE),
                 queries.campaign_count(gateway))
 
     data, total = await asyncio.to_thread(read)

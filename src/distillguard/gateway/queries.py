@@ -198,6 +198,17 @@ def campaigns(gateway: Any, *, offset: int = 0, limit: int | None = None
     return [c.to_dict() for c in found[offset:end]]
 
 
+def campaign_summaries(gateway: Any, *, offset: int = 0, limit: int = 50
+                       ) -> list[dict[str, Any]]:
+    """A page of campaigns as lists show them: sizes instead of member lists (a
+    campaign may hold thousands of accounts; copying them costs a list its speed)."""
+    detection, _ = parts(gateway)
+    return [{"campaign_id": c.campaign_id, "risk": c.risk, "link": c.link,
+             "harvest": c.harvest, "events": c.events, "size": len(c.members),
+             "core_size": len(c.core), "evidence": [e.kind for e in c.evidence]}
+            for c in detection.campaigns()[offset:offset + limit]]
+
+
 def campaign_count(gateway: Any) -> int:
     """How many campaigns the last detection round found."""
     detection, _ = parts(gateway)

@@ -205,6 +205,7 @@ class TargetRun:
         self.progress = progress
         self.recorder = Recorder(traffic)
         self.statuses: dict[str, dict[int, int]] = {}
+        self.transport_errors = 0
         # account -> the task creating (then holding) its key; tests reuse the keys.
         self.keys: dict[str, asyncio.Future[str]] = {}
 
@@ -268,9 +269,9 @@ class TargetRun:
                             if status == 200 else 0
                     except httpx.HTTPError as exc:
                         # Counted as 599 (no answer); the first one is shown once.
-                        if not self.statuses.get("transport errors"):
+                        if not self.transport_errors:
                             print(f"  no answer from the gateway: {exc!r}", file=sys.stderr)
-                            self.statuses["transport errors"] = {599: 0}
+                        self.transport_errors += 1
                         status, tokens = 599, 0
                 counts = self.statuses.setdefault(groups.get(req.account, "?"), {})
                 counts[status] = counts.get(status, 0) + 1
