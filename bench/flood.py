@@ -148,6 +148,13 @@ def completion_tokens(url: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+def answered(url: str) -> int:
+    page = httpx.get(url + "/metrics", timeout=30).text
+    return sum(int(n) for n in re.findall(
+        r'distillguard_requests_total\{endpoint="/v1/chat/completions",status="\d+"\} (\d+)',
+        page))
+
+
 async def stream_once(client: httpx.AsyncClient, url: str, key: str, model: str,
                       max_tokens: int, text: str) -> tuple[str, float | None, int]:
     """(outcome, ttfb seconds, chunks received)."""
@@ -295,14 +302,11 @@ async def flood_abandon(args: argparse.Namespace, work: Path) -> None:
                                                f"Bearer {keys[accounts[i % 6]]}"})
 
         await asyncio.gather(*(leave(i) for i in range(args.abandon)))
-        # Whatever is still generated now is generated for nobody.
-        settled, last = time.monotonic() + 120, -1
-        while time.monotonic() < settled:
-            await asyncio.sleep(3)
-            now = completion_tokens(url)
-            if now == last:
-                break
-            last = now
+        # Whatever is generated now is generated for nobody; a request's tokens reach
+        # the metrics once the server is done with it, so wait for all of them.
+        deadline = time.monotonic() + 300
+        while answered(url) < args.abandon and time.monotonic() < deadline:
+            await asyncio.sleep(1)
         generated = completion_tokens(url) - before
         peak = rss_mb(pid)
     print(f"\n[abandon] {args.abandon} non-stream requests (max_tokens "
@@ -329,14 +333,17 @@ async def flood_budget(args: argparse.Namespace, work: Path) -> None:
                     if r.status_code != 200:
                         await r.aread()
                         continue
+                    chunks = 0
                     async for line in r.aiter_lines():
                         if '"content":"' in line:
-                            received += 1
-                        if '"finish_reason":"' in line:
-                            break  # close just before [DONE] and the usage chunk
+                            chunks += 1
+                        if chunks >= 150 or '"finish_reason":"' in line:
+                            break  # close before the end (and its usage chunk)
+                    received += chunks
         await asyncio.sleep(1)
         charged = completion_tokens(url)
-    print(f"\n[budget] {args.budget_requests} streams closed before their end, "
+    print(f"\n[budget] {args.budget_requests} streams of max_tokens 200 closed after 150 "
+          "chunks, "
           f"rate_limit_tpm {tpm}")
     print(f"  statuses {statuses}; content chunks received {received}; completion tokens "
           f"charged {charged}")

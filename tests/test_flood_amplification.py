@@ -93,3 +93,26 @@ async def test_an_account_beyond_its_concurrency_gets_429_others_do_not(
     # Slots come back once the responses (the stream's too) are sent.
     assert (await call(greedy)).status_code == 200
     assert harness.gateway.concurrency.in_flight == {}
+
+
+async def test_concurrent_requests_cannot_overshoot_the_token_budget(harness_factory) -> None:
+    backend = GatedBackend()
+    harness = await harness_factory(backend=backend, rate_limit_tpm=1000)
+    key = harness.key("budgeted")
+    body = {"model": "echo", "max_tokens": 400,
+            "messages": [{"role": "user", "content": "hi"}]}
+
+    async def call() -> httpx.Response:
+        async with harness.http() as client:
+            return await client.post("/v1/chat/completions", json=body,
+                                     headers={"Authorization": f"Bearer {key}"})
+
+    running = [asyncio.ensure_future(call()) for _ in range(2)]
+    await asyncio.sleep(0.2)
+    refused = await call()  # 3 x 400 would pass 1000 before any token is counted
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    backend.gate.set()
+    assert [r.status_code for r in await asyncio.gather(*running)] == [200, 200]
+    await asyncio.sleep(0.1)  # settlement runs just after the response
+    # Settled to what the echo backend generated, so the budget has room again.
+    assert (await call()).status_code == 200

@@ -219,3 +219,30 @@ async def test_every_registered_store_builds_from_settings():
         open_rate_store(settings.replace(rate_store="etcd"))
     limiter = RateLimiter.from_settings(settings.replace(rate_limit_rpm=7))
     assert (limiter.rpm, limiter.tpm) == (7, 0)
+
+
+async def test_reservations_stop_concurrent_requests_overshooting_then_settle(make_store):
+    clock = Clock()
+    limiter = RateLimiter(make_store(clock), rpm=0, tpm=1000)
+    first, held = await limiter.reserve("k", 400)
+    second, held2 = await limiter.reserve("k", 400)
+    third, _ = await limiter.reserve("k", 400)  # 1200 > 1000: refused before generating
+    assert first.allowed and second.allowed and not third.allowed
+    assert third.limit == "tpm" and third.retry_after == pytest.approx(60.0)
+    # The first generated 50 tokens, the second one (its client left) 120.
+    await limiter.settle(held, 50)
+    await limiter.settle(held2, 120)
+    clock.now += 1
+    assert (await limiter.reserve("k", 800))[0].allowed  # 50 + 120 + 800 <= 1000
+    refused, _ = await limiter.reserve("k", 100)
+    assert not refused.allowed and refused.retry_after == pytest.approx(59.0)
+
+
+async def test_a_reservation_larger_than_the_budget_runs_alone(make_store):
+    clock = Clock()
+    limiter = RateLimiter(make_store(clock), rpm=0, tpm=500)
+    decision, held = await limiter.reserve("k", 5000)
+    assert decision.allowed and held.tokens == 500
+    assert not (await limiter.reserve("k", 1))[0].allowed
+    await limiter.settle(held, 30)
+    assert (await limiter.reserve("k", 400))[0].allowed

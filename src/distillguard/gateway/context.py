@@ -25,7 +25,7 @@ class RequestContext:
     __slots__ = ("ts", "started", "request_id", "endpoint", "client_addr", "user_agent",
                  "status", "account", "key_id", "model", "params", "prompt", "prompt_tokens",
                  "completion_tokens", "stream", "error_type", "error_code", "watermark",
-                 "action", "features", "key_created_at")
+                 "action", "features", "key_created_at", "tokens_reserved")
 
     def __init__(self, endpoint: str, client_addr: str | None, user_agent: str | None) -> None:
         self.ts = time.time()
@@ -38,6 +38,7 @@ class RequestContext:
         self.account: str | None = None
         self.key_id: str | None = None
         self.key_created_at: float | None = None  # admission ranks older accounts first
+        self.tokens_reserved = False  # the route settles its TPM reservation itself
         self.model: str | None = None
         self.params: dict[str, Any] = {}
         self.prompt: str | None = None

@@ -261,14 +261,56 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
     _check_model(gateway, gen)
     _apply_watermark(gateway, ctx, gen)
     marker = canary.marker_for(gateway, ctx, gen)
-    # The slot is held until the last byte is sent (a stream's too), then released.
+    # The slot and the token reservation are held until the last byte is sent (a
+    # stream's too), then released and settled to what was generated.
     release = gateway.concurrency.acquire(ctx.account)
     try:
-        response = await _respond(request, gateway, ctx, gen, body, render, marker)
+        settle = await _reserve_tokens(gateway, ctx, gen)
     except BaseException:
         release()
         raise
-    return limits.Held(response, release)
+
+    def finish() -> None:
+        release()
+        settle()
+
+    try:
+        response = await _respond(request, gateway, ctx, gen, body, render, marker)
+    except BaseException:
+        finish()
+        raise
+    return limits.Held(response, finish)
+
+
+async def _reserve_tokens(gateway: Gateway, ctx: RequestContext,
+                          gen: GenerationRequest) -> Callable[[], None]:
+    """Hold the request's worst case against the key's TPM budget (429 if it does not
+    fit); returns the function that settles it to the tokens charged on ``ctx``."""
+    limiter = gateway.limiter
+    if limiter is None or ctx.key_id is None:
+        return _nothing
+    # A prompt is at most about one token per 3 bytes; settling corrects the guess.
+    worst = gen.n * gen.max_tokens + len((ctx.prompt or "").encode()) // 3 + 1
+    decision, reservation = await limiter.reserve(ctx.key_id, worst)
+    if not decision.allowed:
+        retry = max(1, int(decision.retry_after + 0.999))
+        raise errors.RateLimited(
+            f"Rate limit reached for this key ({decision.reason}): this request could use "
+            f"up to {worst} tokens. Try again in {retry} s, or lower max_tokens or n.",
+            headers={"Retry-After": str(retry)})
+    if reservation is None:
+        return _nothing
+    ctx.tokens_reserved = True
+
+    def settle() -> None:
+        gateway.settle_tokens(limiter.settle(reservation,
+                                             ctx.prompt_tokens + ctx.completion_tokens))
+
+    return settle
+
+
+def _nothing() -> None:
+    return None
 
 
 async def _respond(request: Request, gateway: Gateway, ctx: RequestContext,

@@ -200,6 +200,12 @@ class Gateway:
         if self._owns_store and self.store is not None:
             self.store.close()
 
+    def settle_tokens(self, work: Any) -> None:
+        """Run a rate-limit token update off the request path (``close`` awaits it)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending_tokens.add(task)
+        task.add_done_callback(self._pending_tokens.discard)
+
     def record(self, ctx: RequestContext) -> None:
         """Account for a finished API request: metrics, rate-limit tokens, its event."""
         self.metrics.observe(ctx.endpoint, ctx.status, ctx.elapsed(),
@@ -207,11 +213,9 @@ class Gateway:
                              completion_tokens=ctx.completion_tokens,
                              error_type=ctx.error_type)
         used = ctx.prompt_tokens + ctx.completion_tokens
-        if self.limiter is not None and ctx.key_id is not None and used:
-            task = asyncio.get_running_loop().create_task(
-                self.limiter.add_tokens(ctx.key_id, used))
-            self._pending_tokens.add(task)
-            task.add_done_callback(self._pending_tokens.discard)
+        if self.limiter is not None and ctx.key_id is not None and used \
+                and not ctx.tokens_reserved:
+            self.settle_tokens(self.limiter.add_tokens(ctx.key_id, used))
         if not self.settings.retain_prompts:
             ctx.prompt = None
         event = ctx.event()

@@ -8,6 +8,13 @@ TPM budget is refused on its next request until enough of them leave the window.
 response may thus overshoot the TPM budget; the next request pays for it.) Refused
 requests are not counted.
 
+Reservations: ``reserve`` counts a request's worst case (n x max_tokens + prompt) in the
+token log *before* it generates, refusing it when that would take the key over ``tpm``;
+``settle`` then replaces the reserved amount with what was generated. Concurrent requests
+therefore cannot overshoot the budget together (each sees the others' reservations),
+and a request is charged what it cost even when its client leaves early. A reservation
+is clamped to ``tpm`` so that one large request can still run when the window is empty.
+
 ``retry_after`` is exact: the time until the oldest entries that hold the key at its
 limit leave the window. An entry exactly ``window`` seconds old has left it.
 
@@ -67,8 +74,27 @@ class RateStore(Protocol):
     async def add_tokens(self, key: str, n: int, *, window: float) -> None:
         """Record ``n`` tokens used by ``key`` now."""
 
+    async def reserve(self, key: str, member: str, n: int, *, tpm: int,
+                      window: float) -> Decision:
+        """Record ``n`` tokens for ``key`` under ``member`` if the total stays within
+        ``tpm``; else refuse with the time until it would."""
+
+    async def settle(self, key: str, member: str, reserved: int, actual: int, *,
+                     window: float) -> None:
+        """Replace reservation ``member`` of ``reserved`` tokens by ``actual`` (recorded
+        now if the reservation already left the window)."""
+
     async def close(self) -> None:
         """Release connections."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """Tokens held for one request until ``RateLimiter.settle``."""
+
+    key: str
+    member: str
+    tokens: int
 
 
 def _refusal(limit: str, amount: int, retry_after: float) -> Decision:
@@ -86,7 +112,8 @@ class MemoryRateStore:
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self.clock = clock
         self._requests: dict[str, deque[float]] = {}
-        self._tokens: dict[str, deque[tuple[float, int]]] = {}
+        # Entries are [time, tokens, member]: a reservation is settled in place.
+        self._tokens: dict[str, deque[list[Any]]] = {}
         self._token_totals: dict[str, int] = {}
         self._ops = 0
 
@@ -97,7 +124,7 @@ class MemoryRateStore:
             total = self._trim_tokens(key, now - window)
             if total >= tpm:
                 log = self._tokens[key]
-                for ts, n in log:
+                for ts, n, _ in log:
                     total -= n
                     if total < tpm:
                         return _refusal("tpm", tpm, ts + window - now)
@@ -117,8 +144,33 @@ class MemoryRateStore:
             return
         now = self.clock()
         self._trim_tokens(key, now - window)
-        self._tokens.setdefault(key, deque()).append((now, n))
+        self._tokens.setdefault(key, deque()).append([now, n, None])
         self._token_totals[key] = self._token_totals.get(key, 0) + n
+
+    async def reserve(self, key: str, member: str, n: int, *, tpm: int,
+                      window: float) -> Decision:
+        now = self.clock()
+        total = self._trim_tokens(key, now - window)
+        if total + n > tpm:
+            for ts, used, _ in self._tokens.get(key, ()):
+                total -= used
+                if total + n <= tpm:
+                    return _refusal("tpm", tpm, ts + window - now)
+            return _refusal("tpm", tpm, 0.0)
+        self._tokens.setdefault(key, deque()).append([now, n, member])
+        self._token_totals[key] = total + n
+        return ALLOW
+
+    async def settle(self, key: str, member: str, reserved: int, actual: int, *,
+                     window: float) -> None:
+        now = self.clock()
+        self._trim_tokens(key, now - window)
+        for entry in self._tokens.get(key, ()):
+            if entry[2] == member:
+                self._token_totals[key] += actual - entry[1]
+                entry[1], entry[2] = actual, None
+                return
+        await self.add_tokens(key, actual, window=window)
 
     async def close(self) -> None:
         self._requests.clear()
@@ -218,6 +270,48 @@ return 1
 """
 
 
+# ARGV: now, window, tpm, n, member. Returns {allowed, retry_after (string), limit}.
+_RESERVE = _NOW + """
+local tpm = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local total = trim_tokens()
+if total + n > tpm then
+  local log = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  for i = 1, #log, 2 do
+    total = total - tonumber(string.match(log[i], ':(%d+)$'))
+    if total + n <= tpm then
+      return {0, tostring(tonumber(log[i + 1]) + window - now), 'tpm'}
+    end
+  end
+  return {0, '0', 'tpm'}
+end
+redis.call('ZADD', KEYS[2], now, ARGV[5] .. ':' .. ARGV[4])
+redis.call('INCRBY', KEYS[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+return {1, '0', ''}
+"""
+
+# ARGV: now, window, member, reserved, actual.
+_SETTLE = _NOW + """
+trim_tokens()
+local old = ARGV[3] .. ':' .. ARGV[4]
+local score = redis.call('ZSCORE', KEYS[2], old)
+local actual = tonumber(ARGV[5])
+if score then
+  redis.call('ZREM', KEYS[2], old)
+  redis.call('ZADD', KEYS[2], score, ARGV[3] .. ':' .. ARGV[5])
+  redis.call('INCRBY', KEYS[3], actual - tonumber(ARGV[4]))
+elseif actual > 0 then
+  redis.call('ZADD', KEYS[2], now, ARGV[3] .. ':' .. ARGV[5])
+  redis.call('INCRBY', KEYS[3], actual)
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+return 1
+"""
+
+
 class RedisRateStore:
     """Sliding logs in Redis, shared by every gateway replica.
 
@@ -236,6 +330,8 @@ class RedisRateStore:
         self._redis = client if client is not None else redis_asyncio.from_url(url)
         self._admit = self._redis.register_script(_ADMIT)
         self._add = self._redis.register_script(_ADD_TOKENS)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._settle = self._redis.register_script(_SETTLE)
         # Members must be unique even when two replicas log the same instant.
         self._member_prefix = os.urandom(6).hex()
         self._counter = itertools.count()
@@ -263,6 +359,17 @@ class RedisRateStore:
             return
         await self._add(keys=self._keys(key), args=[self._now(), window, int(n),
                                                     self._member()])
+
+    async def reserve(self, key: str, member: str, n: int, *, tpm: int,
+                      window: float) -> Decision:
+        allowed, retry_after, _ = await self._reserve(
+            keys=self._keys(key), args=[self._now(), window, tpm, int(n), member])
+        return ALLOW if allowed else _refusal("tpm", tpm, float(retry_after))
+
+    async def settle(self, key: str, member: str, reserved: int, actual: int, *,
+                     window: float) -> None:
+        await self._settle(keys=self._keys(key), args=[self._now(), window, member,
+                                                       int(reserved), int(actual)])
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -307,6 +414,8 @@ class RateLimiter:
         self.rpm = rpm
         self.tpm = tpm
         self.window = window
+        self._members = itertools.count()
+        self._member_prefix = os.urandom(6).hex()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
@@ -333,6 +442,24 @@ class RateLimiter:
         tpm = self.tpm if tpm is None else tpm
         if n > 0 and tpm > 0:
             await self.store.add_tokens(key_id, n, window=self.window)
+
+    async def reserve(self, key_id: str, tokens: int, *,
+                      tpm: int | None = None) -> tuple[Decision, Reservation | None]:
+        """Before generating: hold ``tokens`` (the request's worst case, clamped to the
+        budget) against ``key_id``'s TPM budget, or refuse. No TPM limit: no reservation."""
+        tpm = self.tpm if tpm is None else tpm
+        if tpm <= 0 or tokens <= 0:
+            return ALLOW, None
+        tokens = min(tokens, tpm)
+        member = f"r{next(self._members)}-{self._member_prefix}"
+        decision = await self.store.reserve(key_id, member, tokens, tpm=tpm,
+                                            window=self.window)
+        return decision, (Reservation(key_id, member, tokens) if decision.allowed else None)
+
+    async def settle(self, reservation: Reservation, actual: int) -> None:
+        """After the request (however it ended): charge ``actual`` tokens instead."""
+        await self.store.settle(reservation.key, reservation.member, reservation.tokens,
+                                max(0, int(actual)), window=self.window)
 
     async def close(self) -> None:
         """Close the store."""
