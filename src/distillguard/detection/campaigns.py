@@ -376,9 +376,12 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
         if agree >= 0.3:
             # Lockstep is each member's own evidence too: a swarm that rotates every
             # address and agent is still tied by its template and its shared minutes.
+            # Only next to a shared template: an office shares a prefix, an agent and
+            # its working hours, and that alone is no campaign.
             for a in accts:
                 sig = members[a][1].timing_signature()
-                if sig is not None and sketch_jaccard(sig, first) >= 0.3:
+                if ("shared_template" in kinds_of[a] and sig is not None
+                        and sketch_jaccard(sig, first) >= 0.3):
                     own_kinds[a] += 1
         if agree >= 0.3:
             evidence.append(Evidence("synchronised_timing", LINK_WEIGHTS["synchronised_timing"]
