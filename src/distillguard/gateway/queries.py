@@ -129,11 +129,14 @@ def ranked_page(gateway: Any, index: RiskIndex, *, offset: int = 0, limit: int =
     if campaign is not None:
         c = detection.campaign(campaign)
         members = set(c.members) if c is not None else set()
-    rows = [e for e in entries
-            if e.risk >= min_risk
-            and (action is None or acted.get(e.account, "none") == action)
-            and (members is None or e.account in members)
-            and (signal is None or signal in e.signals)]
+    if min_risk <= 0 and action is None and members is None and signal is None:
+        rows = entries  # unfiltered: no pass over every account
+    else:
+        rows = [e for e in entries
+                if e.risk >= min_risk
+                and (action is None or acted.get(e.account, "none") == action)
+                and (members is None or e.account in members)
+                and (signal is None or signal in e.signals)]
     page = rows[offset:offset + limit]
     data = [{**detection.account_risk(e.account).to_dict(),
              "action": _action(policy, e.account)} for e in page]
