@@ -3,8 +3,10 @@
     .venv/bin/python bench/watermark.py                 # everything, CPU-sized (~6 min)
     .venv/bin/python bench/watermark.py --only detector,overhead
     .venv/bin/python bench/watermark.py --prompts 256   # bigger machine
+    .venv/bin/python bench/watermark.py --only levers --prompts 8 --new-tokens 100
 
-Figures:
+Figures (``levers`` only when asked for: each request lever of issue 10 through the
+local backend's batcher, median p-value and the events' active-token tally):
 * detector throughput (tokens/s, one core) on 1M random token ids of the 49,152-token
   vocabulary, one key and all 16 cohort keys of one key id;
 * generation overhead: extra time of the watermark's ``sample_row`` over the plain

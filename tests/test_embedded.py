@@ -85,3 +85,25 @@ async def test_embedded_model_answers_through_the_sdk(harness_factory):
     assert choice.finish_reason in {"stop", "length"}
     assert 0 < reply.usage.completion_tokens <= 24
     assert reply.usage.prompt_tokens > 10
+
+
+@pytest.mark.slow
+async def test_embedded_model_low_entropy_levers_stay_watermarked(harness_factory):
+    # The levers that used to give unwatermarked text (issue 10): each now samples from
+    # the watermarked model at the floors, and its event says the watermark could act.
+    harness = await harness_factory(backend="local", model_name="smollm2-135m-instruct")
+    client = harness.sdk()
+    service = harness.gateway.watermark
+    levers = ({"temperature": 0}, {"top_p": 0.01}, {"temperature": 0.2})
+    texts = []
+    for fields in levers:
+        reply = await client.chat.completions.create(
+            model="smollm2-135m-instruct", max_tokens=100, n=2, **fields,
+            messages=[{"role": "user", "content": "Explain how tides work, in detail."}])
+        text = "\n".join(c.message.content for c in reply.choices)
+        texts.append(text)
+        assert service.detect_text(text)["p_value"] < 1e-3, fields
+    for event in harness.events():
+        tally = event.watermark["tokens"]
+        assert tally["active"] >= 0.5 * tally["tokens"] > 0
+    assert service.detect_text("\n".join(texts))["p_value"] < 1e-8
