@@ -95,7 +95,7 @@ async def measure(args: argparse.Namespace) -> None:
 
     app = build_app(settings, store=store)
     async with app.router.lifespan_context(app):
-        gateway = app.state.gateway
+        gateway = app.state.runtime
         gateway.detection = pipeline
         t_index = time.perf_counter()
         queries.risk_index(app).entries(pipeline)

@@ -226,7 +226,7 @@ def run_seed(args, seed, work, teacher_path, train_ex, held_ex, clean_ex, rhos, 
     app = build_app(settings, watermark=service)
     harvest_file = work / "harvest.jsonl"
     with serve_in_thread(app, start_timeout=300) as url:
-        store = app.state.gateway.store
+        store = app.state.runtime.store
         keys = [KeySpec(store.create_key(a)[1], a) for a in accounts]
         log(f"seed {seed}: teacher gateway at {url}; harvesting {len(exchanges)} prompts")
         summary = asyncio.run(harvest(

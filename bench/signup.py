@@ -105,7 +105,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                              public_url="https://api.example.test",
                              smtp_url="smtp://127.0.0.1:1", signup_pow_cost=args.pow_cost)
     app = build_app(settings)
-    gateway = app.state.gateway
+    gateway = app.state.runtime
     mail = Captured()
     now = [1_000 * 3600.0]
     gateway.signup = SignupService(settings, mailer=mail, clock=lambda: now[0])

@@ -87,11 +87,11 @@ class Harness:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.gateway = app.state.gateway
+        self.runtime = app.state.runtime
         self.transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 5555))
 
     def key(self, account: str = "alice") -> str:
-        _, key = self.gateway.store.create_key(account)
+        _, key = self.runtime.store.create_key(account)
         return key
 
     def http(self, **kwargs: Any) -> httpx.AsyncClient:
@@ -105,8 +105,8 @@ class Harness:
                                           base_url="http://gateway"), **kwargs)
 
     def events(self) -> list[Any]:
-        self.gateway.writer.flush()
-        return list(self.gateway.store.iter_events())
+        self.runtime.writer.flush()
+        return list(self.runtime.store.iter_events())
 
 
 @pytest.fixture
@@ -114,11 +114,14 @@ async def harness_factory(make_settings) -> AsyncIterator[Any]:
     """Start gateways (their lifespans run) and stop them at the end of the test."""
     stack = contextlib.AsyncExitStack()
 
-    async def start(*, backend: Any = None, **overrides: Any) -> Harness:
-        """``backend``: a Backend object, or a name for the ``backend`` setting."""
+    async def start(*, backend: Any = None, driver: Any = None, clock: Any = None,
+                    **overrides: Any) -> Harness:
+        """``backend``: a Backend object, or a name for the ``backend`` setting;
+        ``driver``/``clock``: injected into the runtime (default: production's)."""
         if isinstance(backend, str):
             overrides["backend"], backend = backend, None
-        app = build_app(make_settings(**overrides), backend=backend)
+        injected = {k: v for k, v in (("driver", driver), ("clock", clock)) if v is not None}
+        app = build_app(make_settings(**overrides), backend=backend, **injected)
         await stack.enter_async_context(app.router.lifespan_context(app))
         return Harness(app)
 
@@ -139,7 +142,7 @@ def live_server(make_settings):
     def start(*, backend: Any = None, **overrides: Any) -> tuple[str, Any]:
         app = build_app(make_settings(**overrides), backend=backend)
         url = stack.enter_context(serve_in_thread(app))
-        return url, app.state.gateway
+        return url, app.state.runtime
 
     with stack:
         yield start

@@ -8,9 +8,7 @@ import random
 import pytest
 
 from conftest import ADMIN_TOKEN
-from distillguard.detection.pipeline import DetectionPipeline
-from distillguard.gateway import analyst
-from distillguard.policy.engine import PolicyEngine
+from distillguard.detection.driver import manual_driver
 from distillguard.policy.rules import DEFAULT_RULES
 from test_detection import harvester, population
 
@@ -19,19 +17,12 @@ AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 @pytest.fixture
 async def harness(harness_factory):
-    h = await harness_factory()
-    gateway = h.gateway
-    if not any(getattr(r, "endpoint", None) is analyst.ranked for r in h.app.router.routes):
-        h.app.router.routes.extend(analyst.ROUTES)  # until the lead mounts them in app.py
-    if getattr(gateway, "detection", None) is None:
-        gateway.detection = DetectionPipeline(gateway.settings, store=gateway.store)
-    if getattr(gateway, "policy", None) is None:
-        gateway.policy = PolicyEngine.from_settings(gateway.settings)
-    for e in sorted(population(random.Random(2)) + harvester(), key=lambda e: e.ts):
-        gateway.detection.observe(e)
-    gateway.detection.refresh()
-    yield h
-    gateway.policy.close()
+    h = await harness_factory(driver=manual_driver)
+    # Detection reads the store as its log.
+    h.runtime.store.write_events(sorted(population(random.Random(2)) + harvester(),
+                                        key=lambda e: e.ts))
+    h.runtime.driver.round()
+    return h
 
 
 async def test_accounts_ranked_by_risk_with_reasons(harness):
@@ -55,11 +46,11 @@ async def test_analyst_block_applies_to_the_next_request_and_is_audited(harness)
                              json={"kind": "block", "reason": "harvesting", "ttl": "1h",
                                    "analyst": "ann"})
         assert r.status_code == 201 and r.json()["author"] == "analyst:ann"
-        assert not harness.gateway.policy.admit("mallory").allowed
+        assert not harness.runtime.policy.admit("mallory").allowed
         r = await admin.delete("/admin/accounts/mallory/actions",
                                headers={"x-analyst": "bob"})
         assert r.status_code == 200
-        assert harness.gateway.policy.admit("mallory").allowed
+        assert harness.runtime.policy.admit("mallory").allowed
         log = (await admin.get("/admin/audit", params={"account": "mallory"})).json()["data"]
         assert [(e["op"], e["author"]) for e in log] == [("lift", "analyst:bob"),
                                                          ("set", "analyst:ann")]
@@ -70,10 +61,10 @@ async def test_verify_lifts_a_challenge(harness):
     async with harness.http(headers=AUTH) as admin:
         await admin.post("/admin/accounts/carol/actions",
                          json={"kind": "challenge", "reason": "odd sign-up"})
-        assert not harness.gateway.policy.admit("carol").allowed
+        assert not harness.runtime.policy.admit("carol").allowed
         r = await admin.post("/admin/accounts/carol/verify")
         assert r.status_code == 200 and r.json()["verified"] is True
-        assert harness.gateway.policy.admit("carol").allowed
+        assert harness.runtime.policy.admit("carol").allowed
         r = await admin.post("/admin/accounts/carol/verify")
         assert r.status_code == 404
 

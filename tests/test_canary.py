@@ -103,10 +103,10 @@ def test_the_null_holds_for_a_suspect_that_writes_many_codes():
 
 async def test_gateway_serves_the_keyed_canary_and_records_it(harness_factory):
     h = await harness_factory(canary_rate=1.0, watermark_master_secret=SECRET)
-    h.gateway.watermark = WatermarkService.from_settings(
+    h.runtime.watermark = WatermarkService.from_settings(
         Settings.load(env={}, watermark_master_secret=SECRET, data_dir="/nonexistent"),
         create=False)
-    key = h.gateway.watermark.ring.active
+    key = h.runtime.watermark.ring.active
     client = h.sdk(h.key("mallory"))
     prompt = "Explain recursion briefly."
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}]
@@ -125,7 +125,7 @@ async def test_gateway_serves_the_keyed_canary_and_records_it(harness_factory):
 
 async def test_no_canary_at_rate_zero_and_flagged_accounts_get_one(harness_factory):
     h = await harness_factory(canary_rate=0.0, canary_flagged_rate=1.0)
-    h.gateway.watermark = WatermarkService.from_settings(
+    h.runtime.watermark = WatermarkService.from_settings(
         Settings.load(env={}, watermark_master_secret=SECRET, data_dir="/nonexistent"),
         create=False)
     client = h.sdk(h.key("eve"))
@@ -137,6 +137,6 @@ async def test_no_canary_at_rate_zero_and_flagged_accounts_get_one(harness_facto
                             json={"kind": "degrade", "reason": "harvesting", "analyst": "ana"})
         assert r.status_code in (200, 201)
     flagged = await client.chat.completions.create(model="echo", messages=msgs)
-    key = h.gateway.watermark.ring.active
+    key = h.runtime.watermark.ring.active
     assert flagged.choices[0].message.content.startswith(
         f"[{canary.code_for(key.secret, key.cohort_of('eve'), '2+2?')}] ")

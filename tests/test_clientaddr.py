@@ -44,7 +44,7 @@ def test_detection_groups_by_prefix_and_ignores_invalid():
 def test_through_uvicorn_the_header_counts_only_when_trusted(make_settings, trust):
     app = build_app(make_settings(trust_forwarded_for=trust))
     with serve_in_thread(app) as url:
-        gateway = app.state.gateway
+        gateway = app.state.runtime
         _, key = gateway.store.create_key("alice")
         for addr in ("6.6.6.6, 203.0.113.9", "not-an-ip"):
             r = httpx.post(f"{url}/v1/chat/completions", headers={

@@ -19,7 +19,7 @@ from test_detection import harvester, population
 
 async def _detected(harness_factory, **overrides):
     h = await harness_factory(**overrides)
-    gateway = h.gateway
+    gateway = h.runtime
     if getattr(gateway, "detection", None) is None:
         gateway.detection = DetectionPipeline(gateway.settings, store=gateway.store)
     if getattr(gateway, "policy", None) is None:
@@ -37,7 +37,7 @@ async def console(harness_factory):
 
 def by_analysts(h, account: str) -> list:
     """Audit entries an analyst made (detection's own rules may act meanwhile)."""
-    return [e for e in h.gateway.policy.audit(account=account)
+    return [e for e in h.runtime.policy.audit(account=account)
             if e.author.startswith("analyst:")]
 
 
@@ -103,7 +103,7 @@ async def test_block_from_the_console_refuses_the_next_api_request(console):
         await sdk.chat.completions.create(model="echo",
                                           messages=[{"role": "user", "content": "hi"}])
     assert getattr(err.value, "status_code", None) == 403
-    entry = console.gateway.policy.audit(account="harvest")[0]
+    entry = console.runtime.policy.audit(account="harvest")[0]
     assert (entry.author, entry.kind, entry.reason) == ("analyst:admin", "block", "harvesting")
 
 
@@ -167,7 +167,7 @@ def test_analysts_cli_creates_an_analyst_whose_actions_carry_their_name(tmp_path
 async def test_analyst_login_audits_under_their_name(console):
     from distillguard.console.auth import AnalystStore
 
-    AnalystStore(console.gateway.settings.data_path).create("ann", "correct horse battery")
+    AnalystStore(console.runtime.settings.data_path).create("ann", "correct horse battery")
     async with console.http() as client:
         r = await login(client, name="ann", secret="correct horse battery")
         assert r.status_code == 303
@@ -178,21 +178,21 @@ async def test_analyst_login_audits_under_their_name(console):
         assert r.status_code == 303
         audit = await client.get("/console/audit")
         assert "analyst:ann" in audit.text and "bursty" in audit.text
-    action = console.gateway.policy.current_action("user3")
+    action = console.runtime.policy.current_action("user3")
     assert (action.kind, action.rate_factor, action.author) == ("throttle", 0.5, "analyst:ann")
 
 
 async def test_every_page_renders(console, tmp_path):
     import json
 
-    folder = console.gateway.settings.data_path / "forensics" / "suspect-a"
+    folder = console.runtime.settings.data_path / "forensics" / "suspect-a"
     folder.mkdir(parents=True)
     (folder / "evidence.json").write_text(json.dumps({
         "verdict": "learned from our outputs", "p_value": 1e-9, "alpha": 1e-3,
         "command": "distillguard forensics corpus x", "tests": [], "key_ids": ["wk1"]}))
     async with console.http() as client:
         await login(client)
-        campaigns = console.gateway.detection.campaigns()
+        campaigns = console.runtime.detection.campaigns()
         pages = ["/console/", "/console/accounts?action=none&page=2",
                  "/console/accounts?signal=elicitation", "/console/campaigns",
                  "/console/forensics", "/console/forensics/suspect-a", "/console/audit"]

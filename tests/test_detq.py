@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import random
 
+from distillguard.clock import ManualClock
 from distillguard.detection.calibration import threshold
 from distillguard.detection.features import hamming, request_features
 from distillguard.detection.pipeline import DetectionPipeline, Distinct
+from distillguard.detection.snapshot import take_snapshot
 from distillguard.policy.engine import PolicyEngine
 from distillguard.policy.rules import DEFAULT_RULES
 from distillguard.simulate.heldout import FAKE_TURNS
-from distillguard.simulate.replay import MemoryActionStore, SimClock
+from distillguard.simulate.replay import MemoryActionStore
 from distillguard.telemetry.events import RequestEvent
 
 T0 = 1_700_000_000.0
@@ -151,9 +153,9 @@ def test_a_fully_found_swarm_is_refused_as_one_campaign():
     p, names = swarm(40, 12)
     [campaign] = [c for c in p.refresh() if set(names) <= set(c.members)]
     assert campaign.risk >= next(r for r in DEFAULT_RULES if r.scope == "campaign").min_risk
-    clock = SimClock(T0 + 2000)
+    clock = ManualClock(T0 + 2000)
     engine = PolicyEngine(MemoryActionStore(clock), clock=clock)
-    engine.evaluate(p)
+    engine.evaluate(take_snapshot(p, clock()))
     blocked = {n for n in names if (a := engine.current_action(n)) and a.kind == "block"}
     assert blocked == set(names)
     assert not any(engine.current_action(f"u{u}") for u in range(40))

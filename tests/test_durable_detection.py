@@ -54,10 +54,10 @@ def sdk(app, key: str) -> openai.AsyncOpenAI:
                                                             base_url="http://gateway"))
 
 
-async def drain(gateway) -> None:
-    await asyncio.to_thread(gateway.writer.flush)
-    await asyncio.to_thread(gateway.runner.catch_up)
-    await asyncio.to_thread(gateway.run_detection)
+async def drain(runtime) -> None:
+    await asyncio.to_thread(runtime.writer.flush)
+    await asyncio.to_thread(runtime.runner.catch_up)
+    await asyncio.to_thread(runtime.runner.round)
 
 
 async def requests_until_refused(settings, *, restart_every: int | None,
@@ -77,7 +77,7 @@ async def requests_until_refused(settings, *, restart_every: int | None,
                 if not await harvest(client, sent):
                     return sent
                 if sent % round_every == 0:
-                    await drain(app.state.gateway)
+                    await drain(app.state.runtime)
     return None
 
 
@@ -192,7 +192,7 @@ async def test_a_flood_in_front_of_a_harvest_delays_its_action_by_no_more_than_t
                              detection_checkpoint_interval=3600)
     app = build_app(settings, backend=long_echo())
     async with app.router.lifespan_context(app):
-        gateway = app.state.gateway
+        gateway = app.state.runtime
         flood_keys = [gateway.store.create_key(f"flood{i}")[1] for i in range(20)]
         _, hkey = gateway.store.create_key("harvester")
         flooders = [sdk(app, k) for k in flood_keys]

@@ -19,7 +19,7 @@ def tiny_model(tmp_path_factory):
 async def test_outputs_are_watermarked_and_detected(harness_factory, tiny_model):
     backend = LocalBackend(tiny_model, model_name="tiny", max_batch=4)
     harness = await harness_factory(backend=backend)
-    assert harness.gateway.watermark is not None
+    assert harness.runtime.watermark is not None
     client = harness.sdk()
     reply = await client.chat.completions.create(model="tiny", messages=PROMPT,
                                                  max_tokens=200, temperature=1.0, seed=3)
@@ -30,7 +30,7 @@ async def test_outputs_are_watermarked_and_detected(harness_factory, tiny_model)
     assert record["scheme"] and record["key_id"]
     assert 0 <= record["cohort"] < record["cohorts"]
     assert "secret" not in str(record).lower()
-    service = harness.gateway.watermark
+    service = harness.runtime.watermark
     found = service.detect_text(text)
     assert found["p_value"] < 1e-6
     assert found["key_id"] == record["key_id"]
@@ -51,7 +51,7 @@ async def test_no_request_field_switches_the_watermark_off(harness_factory, tiny
         assert err.value.body["param"] == field
     reply = await client.chat.completions.create(
         model="tiny", messages=PROMPT, max_tokens=120, temperature=1.0, logit_bias={})
-    assert harness.gateway.watermark.detect_text(
+    assert harness.runtime.watermark.detect_text(
         reply.choices[0].message.content)["p_value"] < 1e-3
     assert harness.events()[-1].watermark is not None
 
@@ -59,7 +59,7 @@ async def test_no_request_field_switches_the_watermark_off(harness_factory, tiny
 async def test_plain_text_is_not_flagged(harness_factory, tiny_model):
     harness = await harness_factory(backend=LocalBackend(tiny_model, model_name="tiny"),
                                     watermark_scheme="none")
-    assert harness.gateway.watermark.scheme is None
+    assert harness.runtime.watermark.scheme is None
     reply = await harness.sdk().chat.completions.create(
         model="tiny", messages=PROMPT, max_tokens=200, temperature=1.0)
     [event] = harness.events()
@@ -67,7 +67,7 @@ async def test_plain_text_is_not_flagged(harness_factory, tiny_model):
     text = reply.choices[0].message.content
     watermarked = await harness_factory(backend=LocalBackend(tiny_model, model_name="tiny"))
     # Same data folder, same keys: detection with the server's keys clears plain output.
-    assert watermarked.gateway.watermark.detect_text(text)["p_value"] > 1e-3
+    assert watermarked.runtime.watermark.detect_text(text)["p_value"] > 1e-3
 
 
 @pytest.mark.slow

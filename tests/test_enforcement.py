@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from conftest import ADMIN_TOKEN
+from distillguard.detection.driver import manual_driver
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -22,11 +23,9 @@ BENIGN = ["Can you help me write a birthday message for my sister?",
           "How do I politely decline a meeting invitation?"]
 
 
-async def _drain(gateway) -> None:
-    """Write every finished request, let detection read them from the log, run a round."""
-    await asyncio.to_thread(gateway.writer.flush)
-    await asyncio.to_thread(gateway.runner.catch_up)
-    await asyncio.to_thread(gateway.run_detection)
+async def _drain(runtime, expected: int) -> None:
+    """Once detection was handed ``expected`` events, run one round."""
+    await asyncio.to_thread(runtime.driver.round, expected)
 
 
 async def test_harvester_is_stopped_and_a_normal_user_is_not(harness_factory):
@@ -34,7 +33,7 @@ async def test_harvester_is_stopped_and_a_normal_user_is_not(harness_factory):
 
     # A model answers a chain-of-thought task at length: 400 words per choice here.
     # (Detection measures what is taken, so a harvest answered in 16 words is no harvest.)
-    harness = await harness_factory(detection_interval=3600, max_tokens_limit=512,
+    harness = await harness_factory(driver=manual_driver, max_tokens_limit=512,
                                     backend=EchoBackend(tokens=400))
     harvester = harness.sdk(harness.key("harvester"))
     normal = harness.sdk(harness.key("normal"))
@@ -50,7 +49,7 @@ async def test_harvester_is_stopped_and_a_normal_user_is_not(harness_factory):
     for prompt in rng.sample(BENIGN, len(BENIGN)) * 5:
         await normal.chat.completions.create(model="echo", max_tokens=128,
                                              messages=[{"role": "user", "content": prompt}])
-    await _drain(harness.gateway)
+    await _drain(harness.runtime, 120 + 5 * len(BENIGN))
 
     with pytest.raises((openai.PermissionDeniedError, openai.RateLimitError)) as info:
         for _ in range(30):  # a throttle lets a few through before refusing
@@ -94,7 +93,7 @@ async def test_analyst_block_applies_to_the_next_request_and_lift_restores(harne
     assert {entry["author"] for entry in audit} == {"analyst:ana"}
 
 
-async def test_degrade_strips_reasoning_and_challenge_needs_verification(harness):
+async def test_degrade_strips_reasoning_and_challenge_needs_verification(harness_factory):
     from distillguard.backends.base import Choice, Completion
     from distillguard.backends.echo import EchoBackend
 
@@ -103,7 +102,7 @@ async def test_degrade_strips_reasoning_and_challenge_needs_verification(harness
             return Completion([Choice(0, "<think>secret plan</think>The answer is 4.", "stop")],
                               prompt_tokens=3, completion_tokens=9)
 
-    harness.gateway.backend = Thinker(model_name="echo")
+    harness = await harness_factory(backend=Thinker(model_name="echo"))
     client = harness.sdk(harness.key("eve"))
     msgs = [{"role": "user", "content": "2+2?"}]
     before = await client.chat.completions.create(model="echo", messages=msgs)

@@ -28,7 +28,7 @@ async def test_a_huge_user_agent_is_stored_cut_and_a_401_keeps_no_body(harness) 
                                          headers={"User-Agent": "A" * 1_000_000},
                                          json={"model": "x", "messages": []})
             assert response.status_code == 401
-    harness.gateway.writer.flush(10)
+    harness.runtime.writer.flush(10)
     events = harness.events()
     assert len(events) == 5  # one event per request, as always
     for event in events:
@@ -92,7 +92,7 @@ async def test_an_account_beyond_its_concurrency_gets_429_others_do_not(
     assert (await other_task).status_code == 200
     # Slots come back once the responses (the stream's too) are sent.
     assert (await call(greedy)).status_code == 200
-    assert harness.gateway.concurrency.in_flight == {}
+    assert harness.runtime.concurrency.in_flight == {}
 
 
 async def test_concurrent_requests_cannot_overshoot_the_token_budget(harness_factory) -> None:

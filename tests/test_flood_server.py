@@ -79,7 +79,7 @@ def test_slow_heads_are_cut_and_healthz_answers_meanwhile(make_settings) -> None
 def test_a_slow_body_gets_408(make_settings) -> None:
     settings = make_settings(http_body_timeout=0.5, detection=False)
     with guarded_server(settings) as (port, guard, app):
-        _, key = app.state.gateway.store.create_key("slowpoke")
+        _, key = app.state.runtime.store.create_key("slowpoke")
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
                      b"Authorization: Bearer " + key.encode() + b"\r\n"

@@ -83,7 +83,7 @@ async def test_revoked_key_fails_on_next_request_even_from_another_process(harne
     client = harness.sdk(key)
     await client.models.list()
     # Revoke through a second store, as `distillguard keys revoke` would.
-    other = open_store(harness.gateway.settings)
+    other = open_store(harness.runtime.settings)
     [record] = other.list_keys("bob")
     assert other.revoke_key(record.key_id)
     other.close()

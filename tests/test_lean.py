@@ -82,7 +82,7 @@ def test_upstream_gateway_serves_without_torch(tmp_path):
                                          upstream_url=upstream.url)
                 app = build_app(settings)
                 async with app.router.lifespan_context(app):
-                    _, key = app.state.gateway.store.create_key("alice")
+                    _, key = app.state.runtime.store.create_key("alice")
                     transport = httpx.ASGITransport(app=app)
                     async with httpx.AsyncClient(transport=transport, base_url="http://g",
                             headers={"authorization": f"Bearer {key}"}) as http:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from distillguard.config import Settings, SettingsError
+from distillguard.detection.snapshot import DetectionSnapshot, take_snapshot
 from distillguard.policy.degrade import strip_reasoning
 from distillguard.policy.engine import PolicyEngine
 from distillguard.policy.rules import DEFAULT_RULES, FIXED_RULES, load_rules
@@ -112,12 +113,12 @@ def test_rules_block_the_harvester_and_leave_people_alone(engine):
     import random
 
     pipeline = run(population(random.Random(5)) + harvester())
-    changed = engine.evaluate(pipeline)
+    changed = engine.evaluate(take_snapshot(pipeline, 0.0))
     assert [(a.account, a.kind) for a in changed] == [("harvest", "block")]
     action = engine.current_action("harvest")
     assert action.author == "rule:block-harvester" and action.expires_at is not None
     assert "risk" in action.reason
-    assert engine.evaluate(pipeline) == []  # nothing new: no audit spam
+    assert engine.evaluate(take_snapshot(pipeline, 0.0)) == []  # nothing new: no audit spam
 
 
 def test_rules_never_override_an_analyst(engine):
@@ -126,7 +127,7 @@ def test_rules_never_override_an_analyst(engine):
     pipeline = run(population(random.Random(5)) + harvester())
     engine.set_action("harvest", "allow", reason="known research partner",
                       author="analyst:ann", ttl=3600)
-    assert engine.evaluate(pipeline) == []
+    assert engine.evaluate(take_snapshot(pipeline, 0.0)) == []
     assert engine.admit("harvest").allowed
 
 
@@ -187,26 +188,12 @@ def test_throttle_refills_on_the_engines_clock(engine, clock):
     assert not engine.admit("t").allowed
 
 
-class _SlowPipeline:
+def _slow_account(risk: float, rpm: float) -> DetectionSnapshot:
     """Just what ``evaluate`` reads: one campaign-free account at a known rate."""
+    from distillguard.detection.pipeline import AccountRisk
 
-    def __init__(self, risk: float, rpm: float) -> None:
-        from distillguard.detection.pipeline import AccountRisk
-
-        self.risk = AccountRisk("slow", risk, risk, 500, [], {})
-        self.rpm = rpm
-
-    def accounts(self):
-        return ["slow"]
-
-    def account_risk(self, account):
-        return self.risk
-
-    def campaigns(self):
-        return []
-
-    def observed_rpm(self, account):
-        return self.rpm
+    account = AccountRisk("slow", risk, risk, 500, [], {})
+    return DetectionSnapshot(0.0, {"slow": account}, (account,), (), {}, {"slow": rpm})
 
 
 def test_rule_throttle_binds_an_account_that_is_slow_already(engine, clock):
@@ -214,7 +201,7 @@ def test_rule_throttle_binds_an_account_that_is_slow_already(engine, clock):
     # a fixed 0.2 x 60 = 12 rpm would not slow it down at all; 0.2 x its own rate does.
     engine.rules = list(FIXED_RULES)  # the uncalibrated rules hold the throttle
     engine.base_rpm = 60.0
-    [action] = engine.evaluate(_SlowPipeline(0.65, 1.0))
+    [action] = engine.evaluate(_slow_account(0.65, 1.0))
     assert action.kind == "throttle"
     assert action.rate_factor == pytest.approx(0.2 * 1.0 / 60.0)
     assert "its own observed 1.00" in action.reason
@@ -229,7 +216,7 @@ def test_absolute_throttle_when_relative_is_off(engine):
     engine.rules = list(FIXED_RULES)
     engine.base_rpm = 60.0
     engine.relative_throttle = False
-    [action] = engine.evaluate(_SlowPipeline(0.65, 1.0))
+    [action] = engine.evaluate(_slow_account(0.65, 1.0))
     assert action.rate_factor == pytest.approx(0.2)
 
 

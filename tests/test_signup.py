@@ -86,12 +86,12 @@ async def test_sign_up_by_email_link_gives_a_working_key_once(signup_gateway, ma
         again = await http.post("/signup/verify", json={"token": token_of(mail)})
         assert again.status_code == 400
         assert again.json()["error"]["code"] == "invalid_token"
-    ev = harness.gateway.signup.signup_evidence("ada.lovelace@example.org")
+    ev = harness.runtime.signup.signup_evidence("ada.lovelace@example.org")
     assert ev.domain == "example.org" and ev.prefix == "198.51.100.0/24"
     assert ev.waitlist == "none" and len(ev.fingerprint) == 16
     # Campaign detection reads the same records.
-    assert [e.account for e in harness.gateway.detection.signup_evidence()] == [ev.account]
-    ops = [e.op for e in harness.gateway.policy.audit(account="ada.lovelace@example.org")]
+    assert [e.account for e in harness.runtime.detection.signup_evidence()] == [ev.account]
+    ops = [e.op for e in harness.runtime.policy.audit(account="ada.lovelace@example.org")]
     assert ops == ["signup_created", "signup_accepted"]
 
 
@@ -109,7 +109,7 @@ async def test_post_verify_returns_the_key_as_json(signup_gateway, mailbox):
 async def test_existing_address_gets_the_same_answer_and_its_owner_a_notice(
         signup_gateway, mailbox):
     harness = await signup_gateway()
-    harness.gateway.store.create_key("johnsmith@gmail.com")
+    harness.runtime.store.create_key("johnsmith@gmail.com")
     async with client(harness) as http:
         new = await sign_up(http, "someone.new@example.org")
         # Dots and plus-tags do not make a new gmail address.
@@ -119,7 +119,7 @@ async def test_existing_address_gets_the_same_answer_and_its_owner_a_notice(
     notice = next(m for m in mails if m["To"] == "John.Smith+again@googlemail.com")
     assert "already has an account" in notice.get_payload()
     assert Mailbox.links(notice) == []
-    decisions = {r.normalised: r.decision for r in harness.gateway.signup.db.requests()}
+    decisions = {r.normalised: r.decision for r in harness.runtime.signup.db.requests()}
     assert decisions["johnsmith@gmail.com"] == "existing"
 
 
@@ -164,10 +164,10 @@ async def test_disposable_domain_and_deny_file_are_refused_with_reasons(
         assert denied.json()["error"]["code"] == "email_domain_not_allowed"
         allowed = await sign_up(http, "x@mailinator.com")
         assert allowed.status_code == 202
-    reasons = {r.normalised: r.reason for r in harness.gateway.signup.db.requests()}
+    reasons = {r.normalised: r.reason for r in harness.runtime.signup.db.requests()}
     assert "disposable-mail domain" in reasons["x@sharklasers.com"]
     assert "denied by the local domain file (evil.example)" in reasons["x@mx.evil.example"]
-    audit = harness.gateway.policy.audit(account="x@sharklasers.com")
+    audit = harness.runtime.policy.audit(account="x@sharklasers.com")
     assert audit[0].op == "signup_rejected" and "disposable" in audit[0].reason
 
 
@@ -188,7 +188,7 @@ async def test_velocity_per_prefix_domain_and_fingerprint(signup_gateway):
             statuses.append((await sign_up(http, f"u{i}@catchall.example")).status_code)
             await sign_up(http, f"u{i}x@gmail.com")
     assert statuses == [202, 202, 202, 202, 429]
-    rejected = harness.gateway.signup.db.requests(decision="rejected")
+    rejected = harness.runtime.signup.db.requests(decision="rejected")
     assert any("address prefix 192.0.2.0/24" in r.reason for r in rejected)
     assert any("email domain catchall.example" in r.reason for r in rejected)
     assert not any("gmail.com" in r.reason for r in rejected)
@@ -269,9 +269,9 @@ async def test_waitlist_queues_confirmed_addresses_for_an_admin(signup_gateway, 
         page = await http.get("/signup/verify", params={"token": token_of(approved)})
         assert 'id="api-key"' in page.text
         assert (await http.get("/admin/signup/waitlist")).status_code == 401
-    ev = harness.gateway.signup.signup_evidence("wait@example.org")
+    ev = harness.runtime.signup.signup_evidence("wait@example.org")
     assert ev.waitlist == "approved by analyst:ana"
-    assert harness.gateway.store.get_account("nope@example.org") is None
+    assert harness.runtime.store.get_account("nope@example.org") is None
 
 
 async def test_circuit_breaker_trips_to_waitlist_and_an_admin_reopens(signup_gateway,
@@ -293,7 +293,7 @@ async def test_circuit_breaker_trips_to_waitlist_and_an_admin_reopens(signup_gat
         reopened = await http.post("/admin/signup/breaker/reopen", headers=ADMIN)
         assert reopened.json()["mode"] == "verify"
         assert "distillguard_signup_breaker_open 0" in (await http.get("/metrics")).text
-    ops = [e.op for e in harness.gateway.policy.audit(account="signup:breaker")]
+    ops = [e.op for e in harness.runtime.policy.audit(account="signup:breaker")]
     assert ops == ["signup_breaker_reopened", "signup_breaker_tripped"]
 
 
@@ -383,7 +383,7 @@ def test_sign_up_settings_are_checked(make_settings):
 
 async def test_signup_key_file_is_private(signup_gateway, tmp_path):
     harness = await signup_gateway()
-    key_file = harness.gateway.settings.data_path / "signup.key"
+    key_file = harness.runtime.settings.data_path / "signup.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
 
 
@@ -399,7 +399,7 @@ async def test_challenged_account_steps_up_by_itself(signup_gateway, mailbox):
     harness = await signup_gateway()
     async with client(harness) as http:
         account, key = await _signed_up_account(http, mailbox, "step@example.org")
-        harness.gateway.policy.set_action(account, "challenge", reason="risk 0.9",
+        harness.runtime.policy.set_action(account, "challenge", reason="risk 0.9",
                                           author="rule:swarm")
         auth = {"authorization": f"Bearer {key}"}
         blocked = await http.get("/v1/models", headers=auth)
@@ -433,7 +433,7 @@ async def test_challenged_account_steps_up_by_itself(signup_gateway, mailbox):
                                json={"token": token, "altcha": await solve(http, "stepup")})
         assert done.json() == {"status": "verified", "account": account}
         assert (await http.get("/v1/models", headers=auth)).status_code == 200
-    audit = harness.gateway.policy.audit(account=account)
+    audit = harness.runtime.policy.audit(account=account)
     assert [e.op for e in audit[:4]] == ["lift", "step_up_email_confirmed",
                                          "step_up_mailed", "set"]
     assert audit[0].author == "step-up:email+puzzle"
@@ -441,7 +441,7 @@ async def test_challenged_account_steps_up_by_itself(signup_gateway, mailbox):
 
 async def test_step_up_link_is_signed_and_needs_a_challenge(signup_gateway, mailbox):
     harness = await signup_gateway()
-    service = harness.gateway.signup
+    service = harness.runtime.signup
     async with client(harness) as http:
         account, _ = await _signed_up_account(http, mailbox, "calm@example.org")
         url = service.step_up_url(account)
@@ -475,10 +475,10 @@ async def test_step_up_through_an_identity_provider_webhook(signup_gateway, mail
                                        verification_webhook_secret=secret)
         async with client(harness) as http:
             account, key = await _signed_up_account(http, mailbox, "idp@example.org")
-            harness.gateway.policy.set_action(account, "challenge", reason="x",
+            harness.runtime.policy.set_action(account, "challenge", reason="x",
                                               author="analyst:ana")
             q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(
-                harness.gateway.signup.step_up_url(account)).query))
+                harness.runtime.signup.step_up_url(account)).query))
             resp = await http.post("/signup/step-up", data=q, follow_redirects=False)
             assert resp.status_code == 303
             assert resp.headers["location"] == "https://idp.example.test/verify/1"
@@ -511,7 +511,7 @@ async def test_step_up_through_an_identity_provider_webhook(signup_gateway, mail
             assert replay.status_code == 400
             models = await http.get("/v1/models", headers={"authorization": f"Bearer {key}"})
             assert models.status_code == 200
-        audit = harness.gateway.policy.audit(account=account)
+        audit = harness.runtime.policy.audit(account=account)
         assert audit[0].op == "lift" and audit[0].author == "step-up:webhook"
         assert audit[1].op == "step_up_webhook"
     finally:
@@ -526,5 +526,5 @@ async def test_sign_up_on_postgres(pg_dsn, signup_gateway, mailbox):
         assert (await sign_up(http, "pg@example.org")).status_code == 202
         models = await http.get("/v1/models", headers={"authorization": f"Bearer {key}"})
         assert models.status_code == 200
-    assert harness.gateway.signup.db.name == "postgres"
-    assert harness.gateway.signup.signup_evidence(account).domain == "example.org"
+    assert harness.runtime.signup.db.name == "postgres"
+    assert harness.runtime.signup.signup_evidence(account).domain == "example.org"

@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from distillguard import cli
+from distillguard.detection.driver import ManualDriver, manual_driver
 from distillguard.gateway.app import build_app
+from distillguard.simulate.live import SIM_TIME_HEADER, ArrivalClock, SimTimeApp
 from distillguard.simulate.metrics import roc
 from distillguard.simulate.populations import (
     Model,
@@ -210,8 +212,8 @@ def test_cli_rejects_bad_input_without_traceback(simulate_cli, tmp_path: Path, c
     assert "quickstart" in capsys.readouterr().out
 
 
-async def _post(app, headers):
-    gateway = app.state.gateway
+async def _post(app, headers, runtime=None):
+    gateway = runtime or app.state.runtime
     _, key = gateway.store.create_key("sim-user")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
@@ -222,23 +224,32 @@ async def _post(app, headers):
     return gateway
 
 
-@pytest.mark.parametrize("simulation", [False, True])
-async def test_sim_time_header_only_in_simulation_mode(make_settings, simulation):
-    app = build_app(make_settings(), simulation=simulation)
+async def test_the_gateway_ignores_the_simulators_time_header(make_settings):
+    # Production has no simulation mode: the header the live simulator sends is read only
+    # by its own wrapper, so a client sending it to a real gateway changes nothing.
+    app = build_app(make_settings())
     async with app.router.lifespan_context(app):
-        gateway = await _post(app, {"X-Distillguard-Sim-Time": "1000000000.5"})
-        if simulation:
-            gateway.writer.flush()
-            event = list(gateway.store.iter_events())[-1]
-            assert event.ts == 1000000000.5
-            assert gateway.policy.clock() == 1000000000.5
-            assert gateway._detect_task is None  # the simulator drives detection
-            gateway.simulation_round(1)
-            assert gateway.detection.account_risk("sim-user").events == 1
-        else:
-            gateway.writer.flush()
-            events = list(gateway.store.iter_events())
-            assert events and events[-1].ts > 1.7e9  # the header was ignored
+        runtime = await _post(app, {SIM_TIME_HEADER: "1000000000.5"})
+        runtime.writer.flush()
+        events = list(runtime.store.iter_events())
+        assert events and events[-1].ts > 1.7e9
+
+
+async def test_an_injected_clock_and_manual_driver_time_the_production_path(make_settings):
+    clock = ArrivalClock(1_000_000_000.0)
+    app = build_app(make_settings(), clock=clock, driver=manual_driver)
+    async with app.router.lifespan_context(app):
+        runtime = await _post(SimTimeApp(app, clock), {SIM_TIME_HEADER: "1000000000.5"},
+                              app.state.runtime)
+        runtime.writer.flush()
+        [event] = list(runtime.store.iter_events())
+        assert event.ts == 1000000000.5
+        assert runtime.policy.clock() == 1000000000.5  # the latest arrival
+        driver = runtime.driver
+        assert isinstance(driver, ManualDriver)
+        assert runtime.snapshot.account_risk("sim-user") is None  # no round has run
+        driver.round(1)
+        assert runtime.snapshot.account_risk("sim-user").events == 1
 
 
 def test_scale_shrinks_accounts_and_targets():

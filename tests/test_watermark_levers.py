@@ -55,7 +55,7 @@ async def _ask(client, **fields):
 
 async def test_every_lever_alone_and_combined_stays_watermarked(gateway):
     client = gateway.sdk()
-    service = gateway.gateway.watermark
+    service = gateway.runtime.watermark
     for name, fields in LEVERS.items():
         reply = await _ask(client, max_tokens=100, **fields)
         assert len(reply.choices) == fields.get("n", 1), name
@@ -80,7 +80,7 @@ async def test_plain_output_under_the_same_levers_is_not_flagged(harness_factory
              for name in ("temperature 0", "top_p 0.3")]
     marked = await harness_factory(backend=LocalBackend(tiny_model, model_name="tiny"))
     for text in texts:
-        assert marked.gateway.watermark.detect_text(text)["p_value"] > 1e-3
+        assert marked.runtime.watermark.detect_text(text)["p_value"] > 1e-3
 
 
 async def test_greedy_requests_are_a_repeatable_keyed_choice(gateway):
@@ -94,7 +94,7 @@ async def test_greedy_requests_are_a_repeatable_keyed_choice(gateway):
 
 
 async def test_a_forced_answer_is_recorded_as_unwatermarked(gateway, tiny_model):
-    tokenizer = gateway.gateway.backend._batcher.tokenizer
+    tokenizer = gateway.runtime.backend._batcher.tokenizer
     token = tokenizer.encode(" blue", add_special_tokens=False)[0]
     reply = await gateway.sdk().chat.completions.create(
         model="tiny", messages=PROMPT, max_tokens=20, logit_bias={str(token): 100})
@@ -110,7 +110,7 @@ async def test_logit_bias_bans_tokens_and_checks_their_ids(harness_factory, tiny
                                     watermark_scheme="none")
     client = harness.sdk()
     greedy = (await _ask(client, temperature=0, max_tokens=8)).choices[0].message.content
-    tokenizer = harness.gateway.backend._batcher.tokenizer
+    tokenizer = harness.runtime.backend._batcher.tokenizer
     first = tokenizer.encode(greedy, add_special_tokens=False)[0]
     banned = await _ask(client, temperature=0, max_tokens=8, logit_bias={str(first): -100})
     assert tokenizer.encode(banned.choices[0].message.content,
@@ -134,7 +134,7 @@ async def test_frequency_penalty_changes_a_repetitive_answer(harness_factory, ti
     harness = await harness_factory(backend=LocalBackend(tiny_model, model_name="tiny"),
                                     watermark_scheme="none")
     client = harness.sdk()
-    tokenizer = harness.gateway.backend._batcher.tokenizer
+    tokenizer = harness.runtime.backend._batcher.tokenizer
 
     def distinct(reply):
         ids = tokenizer.encode(reply.choices[0].message.content, add_special_tokens=False)

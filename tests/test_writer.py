@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
@@ -173,28 +172,35 @@ def test_a_full_queue_makes_submit_wait_not_drop(caplog) -> None:
     assert any("event queue full" in r.getMessage() for r in caplog.records)
 
 
-async def test_submit_async_waits_off_the_event_loop() -> None:
+def test_offer_never_blocks_and_keeps_every_served_event() -> None:
+    store = RecordingStore()
+    store.gate.clear()  # the store is stuck
+    writer = EventWriter(store, batch_size=1, flush_interval=0.01,  # type: ignore[arg-type]
+                         queue_size=2, overflow_size=3)
+    started = time.perf_counter()
+    kept = [writer.offer(make_event(i), served=True) for i in range(50)]
+    assert time.perf_counter() - started < 0.5  # nothing waited
+    assert all(kept) and writer.backlogged
+    refused = [writer.offer(make_event(100 + i), served=False) for i in range(10)]
+    assert sum(refused) == 0 and writer.shed == 10  # overflow is already past its size
+    store.gate.set()
+    assert writer.flush(timeout=5)
+    assert not writer.backlogged
+    writer.close()
+    assert sorted(store.ids) == sorted(f"req-{i}" for i in range(50))
+
+
+def test_refused_requests_events_fill_the_overflow_up_to_its_size() -> None:
     store = RecordingStore()
     store.gate.clear()
     writer = EventWriter(store, batch_size=1, flush_interval=0.01,  # type: ignore[arg-type]
-                         queue_size=1)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    tick_task = asyncio.create_task(ticker())
-    submits = asyncio.gather(*(writer.submit_async(make_event(i)) for i in range(5)))
-    await asyncio.sleep(0.2)
-    assert ticks >= 2  # the loop kept running while submits waited for room
+                         queue_size=2, overflow_size=3)
+    outcomes = [writer.offer(make_event(i), served=False) for i in range(10)]
     store.gate.set()
-    await asyncio.wait_for(submits, 5)
-    tick_task.cancel()
-    await asyncio.to_thread(writer.close)
-    assert sorted(store.ids) == sorted(f"req-{i}" for i in range(5))
+    writer.close()
+    # Two in the queue (one may already be in the stuck write), three in the overflow.
+    assert 5 <= sum(outcomes) <= 6 and writer.shed == 10 - sum(outcomes)
+    assert len(store.ids) == sum(outcomes)
 
 
 class RefusingStore(RecordingStore):

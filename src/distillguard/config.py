@@ -191,8 +191,9 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1),
     Setting("event_flush_interval", float, 0.2, "Seconds the event writer waits to fill "
             "a batch before writing what it has.", above=0),
-    Setting("event_queue_size", int, 100_000, "Events held in memory before requests "
-            "wait for the writer.", minimum=1),
+    Setting("event_queue_size", int, 100_000, "Events held in memory for the writer; "
+            "while it is full the gateway refuses new API requests with 503 (the writer's "
+            "overflow policy, in the README).", minimum=1),
     Setting("key_cache_ttl", float, 1.0, "Seconds a key lookup is cached when the store "
             "cannot tell the gateway that keys changed (PostgreSQL).", minimum=0),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error.",

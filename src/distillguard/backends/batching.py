@@ -320,7 +320,11 @@ class Batcher:
             pad = [0, 0] * (dim_from_end - 1) + [missing, 0]
             return F.pad(t, pad)
 
-        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+        # transformers types cache layers as a union of kinds; a causal LM's are all
+        # key/value layers.
+        old_layers: list[Any] = list(self._cache.layers)
+        new_layers: list[Any] = list(cache.layers)
+        for old, new in zip(old_layers, new_layers, strict=True):
             old.keys = torch.cat([left_pad(old.keys, 2), left_pad(new.keys, 2)], dim=0)
             old.values = torch.cat([left_pad(old.values, 2), left_pad(new.values, 2)], dim=0)
         self._mask = torch.cat([left_pad(self._mask, 1), left_pad(mask, 1)], dim=0)
@@ -380,7 +384,8 @@ class Batcher:
         unused = int(self._mask.shape[1] - self._mask.sum(dim=1).max())
         if unused > 0:
             self._mask = self._mask[:, unused:]
-            for layer in self._cache.layers:
+            layers: list[Any] = list(self._cache.layers)
+            for layer in layers:
                 layer.keys = layer.keys[:, :, unused:, :]
                 layer.values = layer.values[:, :, unused:, :]
 
@@ -460,6 +465,7 @@ class Batcher:
         return None, piece
 
     def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True,
-                                     clean_up_tokenization_spaces=False)
+        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True,
+                                          clean_up_tokenization_spaces=False)
+        return text
 

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ class LocalBackend:
         except (OSError, ValueError) as exc:
             raise BackendError(f"cannot load a model from {path}: {exc}", status=503,
                                code="backend_unavailable") from None
-        model.eval()
+        model.eval()  # type: ignore[no-untyped-call]
         log.info("local backend: loaded %s from %s", self.model_name, path)
         return Batcher(model, tokenizer, max_rows=self.max_batch)
 
@@ -206,7 +206,7 @@ class LocalBackend:
                 if not isinstance(item, ChoiceTokens):
                     yield item
 
-    async def _items(self, request: GenerationRequest) -> AsyncIterator[Item]:
+    async def _items(self, request: GenerationRequest) -> AsyncGenerator[Item, None]:
         if request.n < 1 or request.max_tokens < 1:
             raise BackendError("n and max_tokens must be at least 1", status=400,
                                code="invalid_value", param="n" if request.n < 1 else "max_tokens")
@@ -255,7 +255,8 @@ class LocalBackend:
                 started = time.perf_counter()
                 try:
                     if joining:
-                        batcher.admit(joining)
+                        # The queue holds this backend's jobs, which are batcher Jobs.
+                        batcher.admit(joining)  # type: ignore[arg-type]
                     batcher.step()
                 except Exception:
                     log.exception("local backend: generation failed")

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TextIO
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "distillguard" / "models"
 
 
-def ensure_converted(cache_dir: Path | None = None, *, out=sys.stderr) -> Path:
+def ensure_converted(cache_dir: Path | None = None, *, out: TextIO = sys.stderr) -> Path:
     """Return a folder that ``from_pretrained`` loads in about a second.
 
     Converts the embedded GGUF on first use and prints a progress line to ``out``.
@@ -78,7 +79,7 @@ def ensure_converted(cache_dir: Path | None = None, *, out=sys.stderr) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The dequantised weights are plain fp32; drop the GGUF quantiser so that
         # save_pretrained writes an ordinary checkpoint.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)

@@ -151,7 +151,8 @@ class FairQueue:
             del self._by_account[best_account]
         return job
 
-    def _prune(self, account: str, jobs: deque[tuple[int, Waiting]]) -> deque | None:
+    def _prune(self, account: str, jobs: deque[tuple[int, Waiting]]
+               ) -> deque[tuple[int, Waiting]] | None:
         """``jobs`` without those whose client left (they would hold a share for
         nothing); None when none is left."""
         kept = deque(item for item in jobs if not item[1].closed)

@@ -104,7 +104,7 @@ def console_of(request: Request) -> Console:
     """The app's console (built on first use: the gateway may start without it)."""
     console = getattr(request.app.state, "console", None)
     if console is None:
-        console = request.app.state.console = Console(request.app.state.gateway.settings)
+        console = request.app.state.console = Console(request.app.state.runtime.settings)
     return console
 
 
@@ -134,7 +134,7 @@ def _pct(x: float | None) -> str:
 
 async def _form(request: Request) -> dict[str, str]:
     body = b""
-    limit = request.app.state.gateway.settings.max_body_bytes
+    limit = request.app.state.runtime.settings.max_body_bytes
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
@@ -285,7 +285,7 @@ def _signup_funnel(gateway: Any, since: float) -> list[tuple[str, int]] | None:
 
 @page
 async def overview(request: Request, console: Console, session: Session) -> Response:
-    gateway = request.app.state.gateway
+    gateway = request.app.state.runtime
 
     def read() -> dict[str, Any]:
         # Counting a day of requests and distinct accounts scans the day's events
@@ -313,7 +313,7 @@ async def overview(request: Request, console: Console, session: Session) -> Resp
 
 @page
 async def accounts(request: Request, console: Console, session: Session) -> Response:
-    gateway = request.app.state.gateway
+    gateway = request.app.state.runtime
     q = request.query_params
     filters = {k: (q.get(k) or None) for k in ("action", "campaign", "signal")}
     try:
@@ -342,7 +342,7 @@ async def accounts(request: Request, console: Console, session: Session) -> Resp
 
 @page
 async def account(request: Request, console: Console, session: Session) -> Response:
-    gateway = request.app.state.gateway
+    gateway = request.app.state.runtime
     name = request.path_params["name"]
 
     def read() -> dict[str, Any] | None:
@@ -404,7 +404,7 @@ async def _act(gateway: Any, accounts_: list[str], form: dict[str, str], analyst
 
 @page
 async def account_action(request: Request, console: Console, session: Session) -> Response:
-    gateway = request.app.state.gateway
+    gateway = request.app.state.runtime
     name = request.path_params["name"]
     form = request.state.form
     error = await _act(gateway, [name], form, session.analyst)
@@ -418,7 +418,7 @@ async def account_action(request: Request, console: Console, session: Session) -
 
 @page
 async def campaign_list(request: Request, console: Console, session: Session) -> Response:
-    gateway = request.app.state.gateway
+    gateway = request.app.state.runtime
     try:
         number = max(1, int(request.query_params.get("page", "1")))
     except ValueError:
@@ -437,7 +437,7 @@ async def campaign_list(request: Request, console: Console, session: Session) ->
 
 @page
 async def campaign(request: Request, console: Console, session: Session) -> Response:
-    gateway = request.app.state.gateway
+    gateway = request.app.state.runtime
     cid = request.path_params["campaign_id"]
 
     def read() -> dict[str, Any] | None:
@@ -457,7 +457,7 @@ async def campaign(request: Request, console: Console, session: Session) -> Resp
 
 @page
 async def campaign_action(request: Request, console: Console, session: Session) -> Response:
-    gateway = request.app.state.gateway
+    gateway = request.app.state.runtime
     cid = request.path_params["campaign_id"]
     view = await asyncio.to_thread(queries.campaign_view, gateway, cid)
     if view is None:
@@ -574,7 +574,7 @@ async def forensics_html(request: Request, console: Console, session: Session) -
 
 @page
 async def audit(request: Request, console: Console, session: Session) -> Response:
-    gateway = request.app.state.gateway
+    gateway = request.app.state.runtime
     account_ = request.query_params.get("account") or None
     entries = await asyncio.to_thread(queries.audit, gateway, account=account_, limit=200)
     return console.render("audit.html", session=session, nav="audit", entries=entries,

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from distillguard.detection.checkpoint import CheckpointError, CheckpointStore, dump_state, restore
+from distillguard.detection.snapshot import EMPTY, DetectionSnapshot
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
@@ -68,6 +69,8 @@ class DetectionRunner:
         self.checkpointed_position = -1
         self.last_event_ts: float | None = None
         self._lock = threading.RLock()
+        # The last round's results, replaced whole: readers never take the lock.
+        self.snapshot: DetectionSnapshot = EMPTY
 
     @classmethod
     def from_settings(cls, settings: Settings, pipeline: DetectionPipeline, store: Any, *,
@@ -140,11 +143,14 @@ class DetectionRunner:
 
     # --- the periodic job --------------------------------------------------------------
     def round(self) -> list[Any]:
-        """Baselines and campaigns, then the policy rules; returns the actions set."""
+        """Baselines and campaigns, then the policy rules (``driver.run_round``); publishes
+        the round's ``snapshot`` and returns the actions set."""
+        from distillguard.detection.driver import run_round
+
         with self._lock:
-            self.pipeline.refresh()
+            self.snapshot, actions = run_round(self.pipeline, self.policy, self.clock)
             self.rounds += 1
-            return self.policy.evaluate(self.pipeline) if self.policy is not None else []
+            return actions
 
     def checkpoint(self) -> bool:
         """Save state and position (skipped when nothing was read since the last one)."""

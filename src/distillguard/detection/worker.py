@@ -87,10 +87,12 @@ class CampaignJob:
 
     def round(self) -> list[Any]:
         """Reload, refresh over every account, apply the rules; returns actions set."""
+        from distillguard.detection.driver import run_round
+
         self.reload()
-        self.pipeline.refresh()
+        _, actions = run_round(self.pipeline, self.policy, time.time)
         self.rounds += 1
-        return self.policy.evaluate(self.pipeline) if self.policy is not None else []
+        return actions
 
 
 def _pipeline(settings: Settings, store: Any, embedder: Any) -> DetectionPipeline:

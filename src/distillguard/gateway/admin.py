@@ -12,12 +12,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from distillguard.gateway import errors
-from distillguard.gateway.routes import gateway_of, json_response, read_json
+from distillguard.gateway.routes import json_response, read_json, runtime_of
 from distillguard.telemetry.keys import MAX_ACCOUNT_CHARS, check_account_name
 
 
 def _require_admin(request: Request) -> None:
-    token = gateway_of(request).settings.admin_token
+    token = runtime_of(request).settings.admin_token
     if not token:
         raise errors.PermissionDenied(
             "the admin API is disabled: set the admin_token setting to enable it")
@@ -36,15 +36,15 @@ def _key_json(record: Any) -> dict[str, Any]:
 async def list_keys(request: Request) -> Response:
     _require_admin(request)
     account = request.query_params.get("account")
-    store = gateway_of(request).store
+    store = runtime_of(request).store
     records = await asyncio.to_thread(store.list_keys, account)
     return json_response({"object": "list", "data": [_key_json(r) for r in records]})
 
 
 async def create_key(request: Request) -> Response:
     _require_admin(request)
-    gateway = gateway_of(request)
-    body = await read_json(request, gateway.settings.max_body_bytes)
+    runtime = runtime_of(request)
+    body = await read_json(request, runtime.settings.max_body_bytes)
     account = body.get("account")
     if not isinstance(account, str) or not account.strip():
         raise errors.InvalidRequest("'account' must be a non-empty string", param="account")
@@ -59,7 +59,7 @@ async def create_key(request: Request) -> Response:
         # Listed in the admin API and the console: bounded and on one line.
         raise errors.InvalidRequest(f"'name' must be at most {MAX_ACCOUNT_CHARS} printable "
                                     "characters", param="name")
-    record, key = await asyncio.to_thread(gateway.store.create_key, account,
+    record, key = await asyncio.to_thread(runtime.store.create_key, account,
                                           name=name)
     # The only time the key is shown: the store keeps its hash.
     return json_response({**_key_json(record), "key": key}, status=201)
@@ -67,18 +67,18 @@ async def create_key(request: Request) -> Response:
 
 async def revoke_key(request: Request) -> Response:
     _require_admin(request)
-    gateway = gateway_of(request)
+    runtime = runtime_of(request)
     key_id = request.path_params["key_id"]
-    if not await asyncio.to_thread(gateway.store.revoke_key, key_id):
+    if not await asyncio.to_thread(runtime.store.revoke_key, key_id):
         raise errors.NotFound(f"no active key with id {key_id!r}", param="key_id",
                               code="key_not_found")
-    gateway.keys.clear()
+    runtime.keys.clear()
     return json_response({"key_id": key_id, "revoked": True})
 
 
 async def list_accounts(request: Request) -> Response:
     _require_admin(request)
-    store = gateway_of(request).store
+    store = runtime_of(request).store
     accounts = await asyncio.to_thread(store.list_accounts)
     return json_response({"object": "list",
                           "data": [dataclasses.asdict(a) for a in accounts]})

@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from distillguard.gateway import errors, queries
 from distillguard.gateway.admin import _require_admin
-from distillguard.gateway.routes import gateway_of, json_response, read_json
+from distillguard.gateway.routes import json_response, read_json, runtime_of
 from distillguard.policy.rules import parse_duration
 
 _NAME = re.compile(r"^[\w.@-]{1,100}$")
@@ -70,7 +70,7 @@ def _analyst(request: Request, body: dict[str, Any] | None = None) -> str:
 
 
 def _gateway(request: Request) -> Any:
-    gateway = gateway_of(request)
+    gateway = runtime_of(request)
     try:
         queries.parts(gateway)
     except RuntimeError as exc:
@@ -113,7 +113,7 @@ async def account_detail(request: Request) -> Response:
 
 async def timeline(request: Request) -> Response:
     _require_admin(request)
-    gateway = gateway_of(request)
+    gateway = runtime_of(request)
     name = request.path_params["name"]
     limit = _int_param(request, "limit", 100)
     events = await asyncio.to_thread(queries.timeline, gateway, name, limit)

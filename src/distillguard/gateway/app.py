@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,14 +14,19 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from distillguard.backends.base import Backend
+from distillguard.clock import Clock, wall_clock
 from distillguard.config import Settings
 from distillguard.console import views as console
+from distillguard.detection.driver import DriverFactory, timer_driver
 from distillguard.gateway import admin, analyst, errors, routes
-from distillguard.gateway.limits import ConcurrencyLimiter
 from distillguard.gateway.middleware import Admission, Authenticate, ErrorsAndEvents
-from distillguard.gateway.state import Gateway
+from distillguard.gateway.runtime import Runtime
 from distillguard.signup import routes as signup_routes
 from distillguard.signup.service import SignupService
+
+if TYPE_CHECKING:
+    from distillguard.telemetry.store import Store
+    from distillguard.watermark.service import WatermarkService
 
 _HTTP_ERRORS: dict[int, type[errors.APIError]] = {
     404: errors.NotFound,
@@ -57,33 +62,32 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-def build_app(settings: Settings, *, backend: Backend | None = None, store: Any = None,
-              watermark: Any = None, simulation: bool = False) -> Starlette:
-    """The gateway for ``settings``; parts not passed in are built at start-up.
-
-    ``simulation=True`` is for the traffic simulator only (see ``Gateway``): it honours
-    a simulated clock header. It is deliberately not a setting.
-    """
-    gateway = Gateway(settings, backend=backend, store=store, watermark=watermark,
-                      simulation=simulation)
+def build_app(settings: Settings, *, backend: Backend | None = None,
+              store: Store | None = None, watermark: WatermarkService | None = None,
+              clock: Clock = wall_clock, driver: DriverFactory = timer_driver) -> Starlette:
+    """The gateway for ``settings``; parts not passed in are built at start-up (see
+    ``Runtime``, which ``app.state.runtime`` holds)."""
+    runtime = Runtime(settings, backend=backend, store=store, watermark=watermark,
+                      clock=clock, driver=driver)
     # Built here so that bad sign-up settings fail at build time, started after the
-    # gateway (it needs the store and the policy engine).
-    gateway.signup = SignupService(settings)
+    # runtime (it needs the store and the policy engine).
+    signup = SignupService(settings)
+    runtime.signup = signup
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gateway.start()
+        await runtime.start()
         try:
-            await gateway.signup.start(store=gateway.store, policy=gateway.policy)
-            detection = getattr(gateway, "detection", None)
+            await signup.start(store=runtime.store, policy=runtime.policy)
+            detection = runtime.detection
             if detection is not None and detection.signup_evidence is None:
                 # Campaigns link accounts that signed up from one source.
-                detection.signup_evidence = gateway.signup.all_evidence
+                detection.signup_evidence = signup.all_evidence
             yield
         finally:
-            # Detection (stopped by gateway.close) reads sign-up evidence: close after.
-            await gateway.close()
-            await gateway.signup.close()
+            # Detection (stopped by runtime.close) reads sign-up evidence: close after.
+            await runtime.close()
+            await signup.close()
 
     app_routes = [
         Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
@@ -96,19 +100,18 @@ def build_app(settings: Settings, *, backend: Backend | None = None, store: Any 
         *console.ROUTES,
         *signup_routes.ROUTES,
     ]
-    gateway.concurrency = ConcurrencyLimiter(settings.max_concurrent_per_account)
     # Metrics label series by these templates only (any other path: "unmatched").
-    gateway.metrics.routes = frozenset(r.path for r in app_routes if hasattr(r, "path"))
+    runtime.metrics.routes = frozenset(r.path for r in app_routes if hasattr(r, "path"))
     # Outermost first: errors and events see everything, including failed auth.
     middleware = [
-        Middleware(ErrorsAndEvents, gateway=gateway),
-        Middleware(Authenticate, gateway=gateway),
-        Middleware(Admission, gateway=gateway),
+        Middleware(ErrorsAndEvents, runtime=runtime),
+        Middleware(Authenticate, runtime=runtime),
+        Middleware(Admission, runtime=runtime),
     ]
     app = Starlette(routes=app_routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_exception})
     # Starlette's trailing-slash redirect builds its Location from the Host header, so a
     # forged Host turned /admin/accounts/ into a redirect to any site: a 404 instead.
     app.router.redirect_slashes = False
-    app.state.gateway = gateway
+    app.state.runtime = runtime
     return app

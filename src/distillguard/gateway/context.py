@@ -27,8 +27,10 @@ class RequestContext:
                  "completion_tokens", "stream", "error_type", "error_code", "watermark",
                  "action", "features", "key_created_at", "tokens_reserved")
 
-    def __init__(self, endpoint: str, client_addr: str | None, user_agent: str | None) -> None:
-        self.ts = time.time()
+    def __init__(self, endpoint: str, client_addr: str | None, user_agent: str | None,
+                 *, ts: float | None = None) -> None:
+        # ``ts`` comes from the runtime's clock: simulated time in replay and tests.
+        self.ts = time.time() if ts is None else ts
         self.started = time.perf_counter()
         self.request_id = new_request_id()
         self.endpoint = endpoint
@@ -54,14 +56,24 @@ class RequestContext:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def event(self) -> RequestEvent:
+    def event(self, *, retain_prompts: bool = True) -> RequestEvent:
+        """The request's event; without ``retain_prompts`` the prompt text is left out."""
         return RequestEvent(
             ts=self.ts, request_id=self.request_id, endpoint=self.endpoint,
             status=self.status, latency_ms=round(self.elapsed() * 1000.0, 3),
             account=self.account, key_id=self.key_id, client_addr=self.client_addr,
             user_agent=self.user_agent, model=self.model, params=self.params,
-            prompt=self.prompt, prompt_tokens=self.prompt_tokens,
+            prompt=self.prompt if retain_prompts else None, prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens, stream=self.stream,
             error_type=self.error_type, error_code=self.error_code, watermark=self.watermark,
             features=self.features,
         )
+
+    def fail(self, exc: Exception) -> None:
+        """Note a typed API error (status, type and code) as the request's outcome."""
+        from distillguard.gateway.errors import APIError
+
+        if isinstance(exc, APIError):
+            self.status = exc.status
+            self.error_type = exc.type
+            self.error_code = exc.code

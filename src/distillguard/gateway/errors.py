@@ -84,6 +84,14 @@ class ServerError(APIError):
     code = "internal_error"
 
 
+class Overloaded(APIError):
+    """The gateway sheds work it cannot take now; the client should retry later."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+
 class UpstreamError(APIError):
     """A backend failure: 502 (upstream failed), 503 (not ready), 504 (timed out)."""
 

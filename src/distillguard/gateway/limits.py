@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from distillguard.gateway import errors
@@ -99,13 +99,13 @@ def guarded_protocol(base: type, guard: ConnectionGuard) -> type:
     ``client``, ``transport`` and ``on_response_complete``.
     """
 
-    class Guarded(base):  # type: ignore[misc, valid-type]
+    class Guarded(base):  # type: ignore[misc]
         _dg_timer: asyncio.TimerHandle | None = None
         _dg_addr: str | None = None
         _dg_head_bytes = 0
         _dg_cycle: Any = None  # the request whose body timer is armed
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             client = self.client
             addr = client[0] if client else None
@@ -235,7 +235,9 @@ def server_config(app: Any, settings: Settings, *, guard: ConnectionGuard | None
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:  # httptools is optional for uvicorn
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+        from uvicorn.protocols.http.h11_impl import (  # type: ignore[assignment]
+            H11Protocol as base,
+        )
     options: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "loop": "auto",
         "http": guarded_protocol(base, guard),
@@ -350,7 +352,7 @@ class ClientGone(errors.APIError):
     code = "client_disconnected"
 
 
-async def complete_unless_gone(receive: Callable[[], Awaitable[dict[str, Any]]],
+async def complete_unless_gone(receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
                                work: Awaitable[Any]) -> Any:
     """``await work``, cancelled if the client disconnects meanwhile (``ClientGone``).
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Sequence
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)
@@ -62,7 +63,9 @@ class Metrics:
         if error_type:
             self.errors[error_type] += 1
 
-    def render(self) -> bytes:
+    def render(self, extra: Sequence[tuple[str, str, str, float]] = ()) -> bytes:
+        """Prometheus text; ``extra`` adds (name, type, help, value) series that other
+        parts own (event writer, detection)."""
         out = [
             "# HELP distillguard_requests_total Requests answered, by endpoint and status.",
             "# TYPE distillguard_requests_total counter",
@@ -99,4 +102,6 @@ class Metrics:
         ]
         for kind, n in sorted(self.errors.items()):
             out.append(f"distillguard_errors_total{_labels((('type', kind),))} {n}")
+        for name, kind, text, value in extra:
+            out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
         return ("\n".join(out) + "\n").encode()

@@ -1,8 +1,9 @@
 """The request pipeline as plain ASGI middleware; ``app.build_app`` composes it.
 
 Order, outermost first: ``ErrorsAndEvents`` (OpenAI-shaped errors, one RequestEvent and
-metrics per API request) → ``Authenticate`` (key → account) → ``Admission`` (rate
-limits) → the routes.
+metrics per API request) → ``Authenticate`` (key → account) → ``Admission`` (the
+functions of ``gateway.admission``: event backlog, account action, rate limits) → the
+routes.
 """
 
 from __future__ import annotations
@@ -10,28 +11,31 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from distillguard.gateway import errors
+from distillguard.gateway import admission, errors
 from distillguard.gateway.context import RequestContext
-from distillguard.gateway.state import SIM_TIME_HEADER
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from distillguard.gateway.state import Gateway
+    from distillguard.gateway.runtime import Runtime
 
 log = logging.getLogger("distillguard.gateway")
 
 API_PREFIX = "/v1/"
 
 
-def context_of(scope: Scope) -> RequestContext | None:
-    return scope.get("state", {}).get("dg")
+def context_of(scope: Scope) -> RequestContext:
+    """The request's context, set by ``ErrorsAndEvents`` (outermost, so always there)."""
+    ctx = scope.get("state", {}).get("dg")
+    if not isinstance(ctx, RequestContext):
+        raise RuntimeError("request context missing: ErrorsAndEvents must run first")
+    return ctx
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")
+            return bytes(value).decode("latin-1")
     return None
 
 
@@ -49,9 +53,9 @@ class ErrorsAndEvents:
     shutdown waits for in-flight requests, then drains the queue.
     """
 
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
         self.app = app
-        self.gateway = gateway
+        self.runtime = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,13 +63,11 @@ class ErrorsAndEvents:
             return
         path: str = scope["path"]
         api = path.startswith(API_PREFIX)
-        ctx = RequestContext(
-            endpoint=path if api else "other",
-            client_addr=self.gateway.client_address.of_scope(scope),
-            user_agent=_header(scope, b"user-agent"),
+        ctx = self.runtime.new_context(
+            path if api else "other",
+            self.runtime.client_address.of_scope(scope),
+            _header(scope, b"user-agent"),
         )
-        if self.gateway.simulation:
-            ctx.ts = self.gateway.clock.arrival(_header(scope, SIM_TIME_HEADER), ctx.ts)
         scope.setdefault("state", {})["dg"] = ctx
         started = False
 
@@ -86,14 +88,14 @@ class ErrorsAndEvents:
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", scope.get("method"), path,
                           ctx.request_id)
-            exc = errors.ServerError(f"internal error; request id {ctx.request_id}")
-            self._note_error(ctx, exc)
+            internal = errors.ServerError(f"internal error; request id {ctx.request_id}")
+            self._note_error(ctx, internal)
             if not started:
-                ctx.status = exc.status
-                await send_error(send, exc)
+                ctx.status = internal.status
+                await send_error(send, internal)
         finally:
             if api:
-                self.gateway.record(ctx)
+                self.runtime.record(ctx)
 
     @staticmethod
     def _note_error(ctx: RequestContext, exc: errors.APIError) -> None:
@@ -104,9 +106,9 @@ class ErrorsAndEvents:
 class Authenticate:
     """Resolves the bearer key of API requests to an account; 401 otherwise."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
         self.app = app
-        self.gateway = gateway
+        self.runtime = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
@@ -122,7 +124,7 @@ class Authenticate:
         if scheme.lower() != "bearer" or not token:
             raise errors.AuthenticationError(
                 "Malformed Authorization header; expected 'Bearer YOUR_KEY'.")
-        record = await self.gateway.keys.aget(token)
+        record = await self.runtime.keys.aget(token)
         if record is None:
             raise errors.AuthenticationError("Incorrect API key provided.")
         if record.revoked_at is not None:
@@ -135,50 +137,25 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
-NEUTRAL_BLOCK = "This account cannot use the API. Contact support if you think this is a mistake."
-
-
 class Admission:
-    """The account's current action, then per-key rate limits, before any work is done.
+    """May the request proceed now? See ``gateway.admission`` (replay calls the same).
 
     An action set by a rule or an analyst applies here on the account's next request.
     """
 
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
         self.app = app
-        self.gateway = gateway
+        self.runtime = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = context_of(scope) if scope["type"] == "http" else None
-        policy = self.gateway.policy
-        if policy is not None and ctx is not None and ctx.account is not None:
-            decision = policy.admit(ctx.account)
-            action = decision.action
-            if action is not None:
-                ctx.action = action.kind
-            if not decision.allowed:
-                if action.kind == "block":
-                    raise errors.PermissionDenied(NEUTRAL_BLOCK, code="account_blocked")
-                if action.kind == "challenge":
-                    signup = getattr(self.gateway, "signup", None)
-                    url = signup.step_up_url(ctx.account) if signup is not None else None
-                    raise errors.PermissionDenied(
-                        "This account must be verified again before it can use the API."
-                        + (f" Verify it at {url}" if url else ""),
-                        code="account_challenge_required",
-                        headers={"Link": f'<{url}>; rel="verify"'} if url else None)
-                retry = max(1, int((decision.retry_after or 1.0) + 0.999))
-                raise errors.RateLimited(
-                    f"Rate limit reached for this account. Try again in {retry} s.",
-                    headers={"Retry-After": str(retry)})
-        limiter = self.gateway.limiter
-        if limiter is not None and ctx is not None:
-            if ctx.key_id is not None:
-                decision = await limiter.check(ctx.key_id)
-                if not decision.allowed:
-                    retry = max(1, int(decision.retry_after + 0.999))
-                    raise errors.RateLimited(
-                        f"Rate limit reached for this key ({decision.reason}). "
-                        f"Try again in {retry} s.",
-                        headers={"Retry-After": str(retry)})
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        runtime = self.runtime
+        ctx = context_of(scope)
+        admission.check_backlog(runtime.writer)
+        admission.admit(runtime.policy, ctx, step_up_url=runtime.signup.step_up_url
+                        if runtime.signup is not None else None)
+        if runtime.limiter is not None:
+            await admission.check_rate(runtime.limiter, ctx)
         await self.app(scope, receive, send)

@@ -253,7 +253,8 @@ def set_action(gateway: Any, name: str, kind: Any, *, reason: Any, analyst: str,
         raise QueryError(str(exc), "rate_factor") from None
     action = policy.set_action(name, kind, reason=reason.strip(), author=f"analyst:{analyst}",
                                ttl=ttl, rate_factor=factor)
-    return action.to_dict()
+    row: dict[str, Any] = action.to_dict()
+    return row
 
 
 def lift(gateway: Any, name: str, *, analyst: str, reason: str) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from distillguard.forensics import canary
 from distillguard.gateway import errors, limits, schema
 from distillguard.gateway.context import RequestContext
 from distillguard.gateway.middleware import context_of
-from distillguard.gateway.state import Gateway
+from distillguard.gateway.runtime import Runtime
 from distillguard.policy.degrade import strip_reasoning
 
 JSON = "application/json"
@@ -33,8 +33,10 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
 
 
-def gateway_of(request: Request) -> Gateway:
-    return request.app.state.gateway
+def runtime_of(request: Request) -> Runtime:
+    """The runtime of the app serving ``request``."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -75,22 +77,22 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
-def _check_model(gateway: Gateway, request: GenerationRequest) -> None:
-    served = gateway.backend.models()
+def _check_model(runtime: Runtime, request: GenerationRequest) -> None:
+    served = runtime.backend.models()
     if request.model not in served:
         raise errors.NotFound(
             f"The model '{request.model}' does not exist here. Models served: "
             f"{', '.join(served)}.", param="model", code="model_not_found")
 
 
-def _apply_watermark(gateway: Gateway, ctx: RequestContext, request: GenerationRequest) -> None:
+def _apply_watermark(runtime: Runtime, ctx: RequestContext, request: GenerationRequest) -> None:
     # The server alone decides: nothing in the request body reaches this choice.
-    if gateway.watermark is None:
+    if runtime.watermark is None:
         return
     strength = 1.0
     if ctx.action == "degrade" and ctx.account is not None:
-        strength = gateway.policy.watermark_strength(ctx.account)
-    sampler, record = gateway.watermark.sampler_for(ctx.account, strength=strength)
+        strength = runtime.policy.watermark_strength(ctx.account)
+    sampler, record = runtime.watermark.sampler_for(ctx.account, strength=strength)
     request.watermark = sampler
     ctx.watermark = record
 
@@ -179,13 +181,13 @@ async def _degraded(stream: AsyncIterator[StreamItem]) -> AsyncIterator[StreamIt
         await _aclose(stream)
 
 
-async def _open_stream(gateway: Gateway, ctx: RequestContext, request: GenerationRequest,
+async def _open_stream(runtime: Runtime, ctx: RequestContext, request: GenerationRequest,
                        marker: str | None = None) -> tuple[AsyncIterator[StreamItem],
                                                            StreamItem | None]:
     """Start the backend's stream and wait for its first item before sending headers,
     so that a request the backend refuses (prompt too long, upstream down) still gets
     a plain HTTP error instead of a stream that fails at once."""
-    stream = gateway.backend.stream(request)
+    stream = runtime.backend.stream(request)
     if ctx.action == "degrade":
         stream = _degraded(stream)
     if marker:
@@ -245,27 +247,27 @@ def _charge(ctx: RequestContext, request: GenerationRequest) -> None:
 
 async def _generate(request: Request, parse: Callable[..., GenerationRequest],
                     render: Callable[..., dict[str, Any]]) -> Response | limits.Held:
-    gateway = gateway_of(request)
-    settings = gateway.settings
+    runtime = runtime_of(request)
+    settings = runtime.settings
     ctx = context_of(request.scope)
     body = await read_json(request, settings.max_body_bytes)
     ctx.params = schema.recorded_params(body)
     if isinstance(body.get("model"), str):
         ctx.model = body["model"]
-    gen = parse(body, gateway.limits)
+    gen = parse(body, runtime.limits)
     limits.check_cost(gen, settings.max_request_tokens)
     gen.account = ctx.account
     gen.priority = limits.standing(ctx, settings.established_account_age, time.time())
     ctx.prompt = schema.prompt_text(gen)
     ctx.features = request_features(gen.messages, gen.prompt, body)
-    _check_model(gateway, gen)
-    _apply_watermark(gateway, ctx, gen)
-    marker = canary.marker_for(gateway, ctx, gen)
+    _check_model(runtime, gen)
+    _apply_watermark(runtime, ctx, gen)
+    marker = canary.marker_for(runtime, ctx, gen)
     # The slot and the token reservation are held until the last byte is sent (a
     # stream's too), then released and settled to what was generated.
-    release = gateway.concurrency.acquire(ctx.account)
+    release = runtime.concurrency.acquire(ctx.account)
     try:
-        settle = await _reserve_tokens(gateway, ctx, gen)
+        settle = await _reserve_tokens(runtime, ctx, gen)
     except BaseException:
         release()
         raise
@@ -275,18 +277,18 @@ async def _generate(request: Request, parse: Callable[..., GenerationRequest],
         settle()
 
     try:
-        response = await _respond(request, gateway, ctx, gen, body, render, marker)
+        response = await _respond(request, runtime, ctx, gen, body, render, marker)
     except BaseException:
         finish()
         raise
     return limits.Held(response, finish)
 
 
-async def _reserve_tokens(gateway: Gateway, ctx: RequestContext,
+async def _reserve_tokens(runtime: Runtime, ctx: RequestContext,
                           gen: GenerationRequest) -> Callable[[], None]:
     """Hold the request's worst case against the key's TPM budget (429 if it does not
     fit); returns the function that settles it to the tokens charged on ``ctx``."""
-    limiter = gateway.limiter
+    limiter = runtime.limiter
     if limiter is None or ctx.key_id is None:
         return _nothing
     # A prompt is at most about one token per 3 bytes; settling corrects the guess.
@@ -303,7 +305,7 @@ async def _reserve_tokens(gateway: Gateway, ctx: RequestContext,
     ctx.tokens_reserved = True
 
     def settle() -> None:
-        gateway.settle_tokens(limiter.settle(reservation,
+        runtime.settle_tokens(limiter.settle(reservation,
                                              ctx.prompt_tokens + ctx.completion_tokens))
 
     return settle
@@ -313,7 +315,7 @@ def _nothing() -> None:
     return None
 
 
-async def _respond(request: Request, gateway: Gateway, ctx: RequestContext,
+async def _respond(request: Request, runtime: Runtime, ctx: RequestContext,
                    gen: GenerationRequest, body: dict[str, Any],
                    render: Callable[..., dict[str, Any]], marker: str | None) -> Response:
     rid = ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + ctx.request_id
@@ -322,14 +324,14 @@ async def _respond(request: Request, gateway: Gateway, ctx: RequestContext,
         ctx.stream = True
         options = body.get("stream_options") or {}
         writer = _ChunkWriter(gen.kind, rid, created, gen.model)
-        stream, first = await _open_stream(gateway, ctx, gen, marker)
+        stream, first = await _open_stream(runtime, ctx, gen, marker)
         return StreamingResponse(
             _sse(ctx, gen, stream, first, writer, bool(options.get("include_usage"))),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
     try:
         result = await limits.complete_unless_gone(request.receive,
-                                                   gateway.backend.complete(gen))
+                                                   runtime.backend.complete(gen))
     except BackendError as exc:
         raise errors.from_backend(exc) from None
     finally:
@@ -352,11 +354,11 @@ async def completions(request: Request) -> Response | limits.Held:
 
 
 async def list_models(request: Request) -> Response:
-    gateway = gateway_of(request)
-    created = int(gateway.started_at)
+    runtime = runtime_of(request)
+    created = int(runtime.started_at)
     return json_response({"object": "list", "data": [
         {"id": name, "object": "model", "created": created, "owned_by": "distillguard"}
-        for name in gateway.backend.models()]})
+        for name in runtime.backend.models()]})
 
 
 async def healthz(request: Request) -> Response:
@@ -364,12 +366,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    gateway = gateway_of(request)
-    body = gateway.metrics.render()
-    runner = getattr(gateway, "runner", None)
-    if runner is not None:
-        body += ("\n".join(runner.metrics_lines()) + "\n").encode()
-    signup = getattr(gateway, "signup", None)
+    runtime = runtime_of(request)
+    body = runtime.metrics.render(runtime.gauges())
+    if runtime.runner is not None:
+        body += ("\n".join(runtime.runner.metrics_lines()) + "\n").encode()
+    signup = runtime.signup
     if signup is not None and signup.breaker is not None:
         body += signup.render_metrics()
     return Response(body, media_type="text/plain; version=0.0.4")

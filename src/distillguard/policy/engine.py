@@ -31,7 +31,7 @@ from distillguard.telemetry.store import VERSION_UNKNOWN
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
-    from distillguard.detection.pipeline import DetectionPipeline
+    from distillguard.detection.snapshot import DetectionSnapshot
     from distillguard.policy.store import ActionStore
 
 _NEUTRAL = "this account cannot use the API at the moment"
@@ -171,10 +171,11 @@ class PolicyEngine:
         return self.degrade_strength if action and action.kind == "degrade" else 1.0
 
     # --- rules -----------------------------------------------------------------------
-    def evaluate(self, pipeline: DetectionPipeline) -> list[Action]:
-        """Apply the rules to every tracked account and campaign; return actions set.
+    def evaluate(self, snapshot: DetectionSnapshot) -> list[Action]:
+        """Apply the rules to every account and campaign of a detection round's
+        snapshot; return the actions set.
 
-        Call after ``pipeline.refresh()``. An analyst's action is never replaced by a
+        An analyst's action is never replaced by a
         rule while it lasts; a rule replaces a rule's action only with a more severe one.
         """
         wanted: dict[str, tuple[Rule, str]] = {}
@@ -187,8 +188,7 @@ class PolicyEngine:
         account_rules = [r for r in self.rules if r.scope == "account"]
         campaign_rules = [r for r in self.rules if r.scope == "campaign"]
         if account_rules:
-            for account in pipeline.accounts():
-                risk = pipeline.account_risk(account)
+            for account, risk in snapshot.risks.items():
                 strengths = {r.signal: r.strength for r in risk.reasons}
                 for rule in account_rules:
                     if risk.risk < rule.min_risk or risk.events < rule.min_events:
@@ -197,7 +197,7 @@ class PolicyEngine:
                         continue
                     top = "; ".join(r.message for r in risk.reasons[:3])
                     want(account, rule, f"risk {risk.risk:.2f} >= {rule.min_risk:.2f}: {top}")
-        for campaign in pipeline.campaigns() if campaign_rules else ():
+        for campaign in snapshot.campaigns if campaign_rules else ():
             for rule in campaign_rules:
                 if campaign.risk >= rule.min_risk and campaign.link >= rule.min_link:
                     why = (f"campaign {campaign.campaign_id} ({len(campaign.members)} "
@@ -219,7 +219,7 @@ class PolicyEngine:
                 reason = f"{reason} [{rule.note}]"
             if rule.action == "throttle" and self.relative_throttle and rate_factor:
                 rate_factor, note = self._relative_factor(rate_factor,
-                                                          pipeline.observed_rpm(account))
+                                                          snapshot.observed_rpm.get(account))
                 reason = f"{reason} [{note}]"
             changed.append(self.set_action(
                 account, rule.action, reason=reason, author=f"rule:{rule.name}",

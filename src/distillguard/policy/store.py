@@ -215,7 +215,7 @@ class SQLiteActionStore(_Reads):
 
     def version(self) -> int:
         with self._version_lock:
-            return self._version.execute("PRAGMA data_version").fetchone()[0]
+            return int(self._version.execute("PRAGMA data_version").fetchone()[0])
 
     def close(self) -> None:
         # Under the lock: a detection round still running in a thread at shutdown must

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from distillguard.gateway import errors
 from distillguard.gateway.admin import _require_admin
 from distillguard.gateway.middleware import context_of
-from distillguard.gateway.routes import gateway_of, json_response, read_json
+from distillguard.gateway.routes import json_response, read_json, runtime_of
 from distillguard.signup import pages
 from distillguard.signup.service import Attempt, Outcome, SignupService
 
@@ -31,7 +31,7 @@ _STATIC = {"altcha.min.js": "text/javascript; charset=utf-8",
 
 
 def service_of(request: Request) -> SignupService:
-    return gateway_of(request).signup
+    return runtime_of(request).signup
 
 
 def _is_form(request: Request) -> bool:

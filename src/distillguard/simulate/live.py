@@ -1,28 +1,33 @@
-"""Live mode: real HTTP through a gateway in simulation mode, with the official SDK.
+"""Live mode: real HTTP through the production gateway, with the official SDK.
 
-The gateway is built in-process with ``build_app(..., simulation=True)`` (a keyword, not
-a setting: no configuration can enable it) and served by uvicorn on 127.0.0.1. Every
-simulated account gets its own API key and ``openai.AsyncOpenAI`` client; requests go
-out concurrently with their client address in ``X-Forwarded-For``, their user agent,
-and their simulated arrival time in ``X-Distillguard-Sim-Time``. ``SimulatedBackend``
-answers instantly with the same answer lengths replay assumes. At the end of each
-simulated detection interval the simulator waits for the interval's responses, then asks
-the gateway for one detection round (``Gateway.simulation_round``).
+The gateway is built in-process with ``build_app`` and served by uvicorn on 127.0.0.1,
+with two injected parts instead of a simulation flag: an ``ArrivalClock`` and the
+``manual_driver``. Every simulated account gets its own API key and
+``openai.AsyncOpenAI`` client; requests go out concurrently with their client address in
+``X-Forwarded-For``, their user agent, and their simulated arrival time in a header that
+only ``SimTimeApp`` (this module's wrapper around the app, never part of the gateway)
+reads: it sets the clock for that request's task. ``SimulatedBackend`` answers
+instantly with the same answer lengths replay assumes. At the end of each simulated
+detection interval the simulator waits for the interval's events, then runs one
+detection round (``ManualDriver.round``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillguard.backends.base import FinishReason, GenerationRequest
 from distillguard.backends.echo import EchoBackend
+from distillguard.clock import ManualClock
 from distillguard.config import Settings
+from distillguard.detection.driver import ManualDriver, manual_driver
 from distillguard.simulate.runner import (
     Progress,
     Recorder,
@@ -32,6 +37,47 @@ from distillguard.simulate.runner import (
 )
 from distillguard.simulate.traffic import SimRequest, answer_tokens
 from distillguard.testing.server import serve_in_thread
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from distillguard.gateway.runtime import Runtime
+
+SIM_TIME_HEADER = "X-Distillguard-Sim-Time"
+_ARRIVAL: contextvars.ContextVar[float | None] = contextvars.ContextVar("dg_sim_arrival",
+                                                                         default=None)
+
+
+class ArrivalClock(ManualClock):
+    """The simulated time: a request's own arrival time inside its task (set by
+    ``SimTimeApp``), else the latest time the simulator advanced to."""
+
+    def __call__(self) -> float:
+        arrival = _ARRIVAL.get()
+        return self.now if arrival is None else arrival
+
+
+class SimTimeApp:
+    """Wraps the gateway's app for live simulation: the simulated arrival time header
+    sets ``ArrivalClock`` for the request and moves the clock forward."""
+
+    def __init__(self, app: ASGIApp, clock: ArrivalClock) -> None:
+        self.app = app
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            name = SIM_TIME_HEADER.lower().encode()
+            raw = next((v for k, v in scope["headers"] if k == name), None)
+            if raw is not None:
+                try:
+                    ts = float(raw)
+                except ValueError:
+                    ts = None
+                if ts is not None:
+                    self.clock.advance(ts)
+                    _ARRIVAL.set(ts)
+        await self.app(scope, receive, send)
 
 
 class SimulatedBackend(EchoBackend):
@@ -87,7 +133,8 @@ class LiveRun:
         self.concurrency = concurrency
         self.recorder = Recorder(traffic)
         self.progress = progress
-        self.gateway: Any = None
+        self.runtime: Runtime | None = None
+        self.driver: ManualDriver | None = None
         self.requests_per_s = 0.0
 
     def run(self) -> Recorder:
@@ -101,15 +148,16 @@ class LiveRun:
             _, keys[a.name] = store.create_key(a.name)
         wrapped = SimKeyStore(store, {a.name: a.key_created_at for a in self.traffic.accounts})
         models = [m.name for m in self.traffic.world.models]
+        clock = ArrivalClock(self.traffic.world.start)
         app = build_app(self.settings, backend=SimulatedBackend(models), store=wrapped,
-                        simulation=True)
-        self.gateway = app.state.gateway
+                        clock=clock, driver=manual_driver)
+        self.runtime = app.state.runtime
         # One log line per request from the HTTP client would drown the progress lines.
         quiet = logging.getLogger("httpx")
         level = quiet.level
         quiet.setLevel(logging.WARNING)
         try:
-            with serve_in_thread(app) as url:
+            with serve_in_thread(SimTimeApp(app, clock)) as url:
                 asyncio.run(self._drive(url, keys))
         finally:
             quiet.setLevel(level)
@@ -120,7 +168,13 @@ class LiveRun:
         import httpx
         import openai
 
-        traffic, rec, gateway = self.traffic, self.recorder, self.gateway
+        traffic, rec, runtime = self.traffic, self.recorder, self.runtime
+        assert runtime is not None
+        driver = runtime.driver
+        assert isinstance(driver, ManualDriver), "live mode runs with the manual driver"
+        self.driver = driver
+        assert isinstance(runtime.clock, ArrivalClock)
+        clock = runtime.clock
         limits = httpx.Limits(max_connections=self.concurrency,
                               max_keepalive_connections=self.concurrency)
         http = httpx.AsyncClient(limits=limits, timeout=60.0)
@@ -131,7 +185,7 @@ class LiveRun:
 
         async def send(req: SimRequest) -> None:
             headers = {"X-Forwarded-For": req.addr, "User-Agent": req.agent,
-                       "X-Distillguard-Sim-Time": repr(req.ts)}
+                       SIM_TIME_HEADER: repr(req.ts)}
             async with gate:
                 try:
                     resp = await clients[req.account].chat.completions.create(
@@ -157,12 +211,12 @@ class LiveRun:
                     await asyncio.gather(*(send(r) for r in reqs))
                 busy += time.perf_counter() - t0
                 sent += len(reqs)
-                gateway.clock.advance(tick)
-                actions = await asyncio.to_thread(gateway.simulation_round, sent)
+                clock.advance(tick)
+                actions = await asyncio.to_thread(driver.round, sent)
                 n_actions += len(actions)
                 rec.actions(tick, actions)
                 last = tick >= traffic.world.end
-                rec.round(tick, lambda a: gateway.detection.account_risk(a).risk, last=last)
+                rec.round(tick, lambda a: driver.pipeline.account_risk(a).risk, last=last)
                 if progress is not None:
                     progress.update(sent, tick - traffic.world.start, n_actions, force=last)
         finally:
@@ -172,7 +226,8 @@ class LiveRun:
 
     def risks(self) -> dict[str, float]:
         """Every account's risk after the run."""
-        det = self.gateway.detection
+        assert self.driver is not None, "risks() after run()"
+        det = self.driver.pipeline
         return {a.name: det.account_risk(a.name).risk for a in self.traffic.accounts}
 
     def close(self) -> None:

@@ -1,23 +1,28 @@
-"""Replay mode: events straight into ``DetectionPipeline`` + ``PolicyEngine``, simulated clock.
+"""Replay mode: the production admission and event building, no HTTP, simulated time.
 
-No HTTP, no backend: each request becomes the ``RequestEvent`` the gateway would have
-recorded. Admission follows the gateway's ``Admission`` middleware: an account under
-``block`` or ``challenge`` gets 403 and no response; under ``throttle``
-``PolicyEngine.admit``'s token bucket admits or refuses with 429, timed on the simulated
-clock the engine is given; ``degrade`` and ``allow`` are served. Refused requests still leave an
-event (status 403/429, no tokens), as in the gateway.
+No sockets and no backend: each simulated request goes through the same functions the
+gateway's middleware and routes call (``gateway.admission.admit``, ``gateway.schema``'s
+parsing and recorded parameters, ``RequestContext.event``), on a ``ManualClock`` set to
+the request's time, so a refused request carries exactly the status and error code the
+gateway would give it. Detection rounds are ``run_round``, the function
+every production round runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import threading
 from collections.abc import Sequence
 
+from distillguard.clock import ManualClock
 from distillguard.config import Settings
+from distillguard.detection.driver import run_round
 from distillguard.detection.features import request_features
 from distillguard.detection.pipeline import DetectionPipeline
-from distillguard.gateway import errors
+from distillguard.gateway import admission, errors, schema
+from distillguard.gateway.context import RequestContext
+from distillguard.gateway.schema import Limits
 from distillguard.policy.actions import Action
 from distillguard.policy.engine import PolicyEngine
 from distillguard.policy.rules import load_rules
@@ -34,22 +39,12 @@ from distillguard.simulate.traffic import DEFAULT_MAX_TOKENS, SimRequest, answer
 from distillguard.telemetry.events import RequestEvent
 
 
-class SimClock:
-    """The simulated time, set by the run."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class MemoryActionStore:
     """An ``ActionStore`` in memory: replay needs no database between rounds."""
 
     name = "memory"
 
-    def __init__(self, clock: SimClock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self._actions: dict[str, Action] = {}
         self._audit: list[AuditEntry] = []
@@ -93,26 +88,32 @@ class MemoryActionStore:
         """Nothing to release."""
 
 
-def event_for(req: SimRequest, status: int, tokens: int, seq: int,
-              settings: Settings) -> RequestEvent:
-    """The ``RequestEvent`` the gateway records for ``req`` answered with ``status``."""
-    prompt_tokens = sum(len(c.split()) for _, c in req.messages)
-    error_type = error_code = None
-    if status == 403:
-        error_type, error_code = errors.PermissionDenied.type, "account_blocked"
-    elif status == 429:
-        error_type, error_code = errors.RateLimited.type, errors.RateLimited.code
-    # Simulated generation speed: 40 tokens/s after 0.3 s to the first token.
-    latency = 300.0 + tokens * 25.0 if status == 200 else 1.0
-    return RequestEvent(
-        ts=req.ts, request_id=f"sim{seq:010x}", endpoint="/v1/chat/completions",
-        status=status, latency_ms=latency, account=req.account, key_id=f"key_{req.account}",
-        client_addr=req.addr, user_agent=req.agent, model=req.model,
-        params=req.recorded_params(), prompt=req.prompt_text(),
-        prompt_tokens=prompt_tokens if status == 200 else 0, completion_tokens=tokens,
-        error_type=error_type, error_code=error_code,
-        features=request_features([{"role": r, "content": c} for r, c in req.messages],
-                                  None, req.params))
+def event_for(req: SimRequest, policy: PolicyEngine, settings: Settings) -> RequestEvent:
+    """Admit ``req`` as the gateway would and return the event it records for it.
+
+    The policy's clock must read ``req.ts``. A served request is answered by the
+    simulated backend: ``completion_tokens`` words after 0.3 s, at 40 tokens/s.
+    """
+    ctx = RequestContext("/v1/chat/completions", req.addr, req.agent, ts=req.ts)
+    ctx.account, ctx.key_id = req.account, f"key_{req.account}"
+    try:
+        admission.admit(policy, ctx)
+        body = req.body()
+        ctx.params = schema.recorded_params(body)
+        ctx.model = req.model
+        gen = schema.parse_chat(body, Limits(settings.max_tokens_limit,
+                                             settings.default_max_tokens, settings.max_n))
+        ctx.prompt = schema.prompt_text(gen)
+        ctx.features = request_features(gen.messages, gen.prompt, body)
+    except errors.APIError as exc:
+        ctx.fail(exc)
+        return dataclasses.replace(ctx.event(retain_prompts=settings.retain_prompts),
+                                   latency_ms=1.0)
+    ctx.status = 200
+    ctx.prompt_tokens = sum(len(c.split()) for _, c in req.messages)
+    ctx.completion_tokens = completion_tokens(req, settings)
+    event = ctx.event(retain_prompts=settings.retain_prompts)
+    return dataclasses.replace(event, latency_ms=300.0 + ctx.completion_tokens * 25.0)
 
 
 def completion_tokens(req: SimRequest, settings: Settings) -> int:
@@ -135,7 +136,7 @@ class ReplayRun:
         self.settings = run_settings(scenario, folder, embeddings=embeddings,
                                      base=base_settings,
                                      policy_file=write_policy_file(scenario, folder))
-        self.clock = SimClock(traffic.world.start)
+        self.clock = ManualClock(traffic.world.start)
         self.pipeline = DetectionPipeline.from_settings(self.settings,
                                                         store=KeyTimes(traffic.accounts))
         self.pipeline.clock = self.clock
@@ -147,23 +148,13 @@ class ReplayRun:
         self.recorder = Recorder(traffic)
         self.progress = progress
 
-    def _admit(self, req: SimRequest) -> int:
-        # The gateway's own admission rule, on the simulated clock (set to req.ts).
-        decision = self.policy.admit(req.account)
-        if decision.allowed:
-            return 200
-        return 429 if decision.action is not None and decision.action.kind == "throttle" \
-            else 403
-
-    def _slice(self, reqs: Sequence[SimRequest], seq: int) -> list[RequestEvent]:
+    def _slice(self, reqs: Sequence[SimRequest]) -> list[RequestEvent]:
         events = []
-        settings = self.settings
         for req in reqs:
-            self.clock.now = req.ts
-            status = self._admit(req)
-            tokens = completion_tokens(req, settings) if status == 200 else 0
-            self.recorder.outcome(req, status, tokens)
-            events.append(event_for(req, status, tokens, seq + len(events), settings))
+            self.clock.set(req.ts)
+            event = event_for(req, self.policy, self.settings)
+            self.recorder.outcome(req, event.status, event.completion_tokens)
+            events.append(event)
         return events
 
     def run(self) -> Recorder:
@@ -174,13 +165,13 @@ class ReplayRun:
         done = 0
         n_actions = 0
         for tick, reqs in traffic.slices():
-            events = self._slice(reqs, done)
+            events = self._slice(reqs)
             done += len(reqs)
             if events:
+                # Replay is its own log: the events go to detection as written.
                 self.pipeline.observe_many(events)
-            self.clock.now = tick
-            self.pipeline.refresh()
-            actions = self.policy.evaluate(self.pipeline)
+            self.clock.set(tick)
+            _, actions = run_round(self.pipeline, self.policy, self.clock)
             n_actions += len(actions)
             rec.actions(tick, actions)
             last = tick >= traffic.world.end

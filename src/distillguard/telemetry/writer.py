@@ -1,13 +1,21 @@
 """``EventWriter``: takes events off the request path and writes them in batches.
 
-The gateway calls ``submit(event)`` (or ``await submit_async(event)``) after it has
-answered; one writer thread drains a bounded queue into ``store.write_events`` in
-batches of up to ``batch_size``, waiting at most ``flush_interval`` for a batch to fill.
+The gateway calls ``offer(event, served=...)`` from the event loop after it has answered;
+threads may call ``submit(event)``. One writer thread drains a bounded queue into
+``store.write_events`` in batches of up to ``batch_size``, waiting at most
+``flush_interval`` for a batch to fill.
 
-Back-pressure, not loss: when the queue is full the store is slower than the traffic.
-Dropping events would blind detection exactly when an attacker floods us, so ``submit``
-then waits for room (logging a warning), which slows the requests down instead;
-``submit_async`` waits in a worker thread, so the event loop keeps serving meanwhile.
+Overflow policy. ``offer`` never blocks the event loop: when the queue is full (the store
+writes slower than traffic arrives, or is down), the event goes to an overflow list that
+the writer drains after the queue, and the writer reports itself ``backlogged``. While it
+is, the gateway's admission refuses new API requests with 503 and ``Retry-After`` before
+doing any work, so the backlog cannot grow with served traffic. The events of requests
+that were served (``served=True``) are always kept. The events of refused requests are
+kept while the overflow holds fewer than ``overflow_size``; beyond that they are shed,
+counted (``shed``, exported on ``/metrics``) and logged, never silently. A store that is
+down for a minute under load therefore costs a minute of 503s, and every served
+request's event is written once the store is back. ``submit`` (threads) still waits for
+room instead.
 
 Failures: a batch whose write raises (database locked, connection lost) is retried with
 exponential backoff until it is written; stores treat ``request_id`` as a key, so a
@@ -18,16 +26,16 @@ event, failing while other writes succeed, is appended to ``dead_letter_path`` (
 lines, with the error) and logged by request id. During an outage nothing succeeds, so
 nothing is set aside: everything waits and is written once the store is back.
 
-"Acknowledged": an event is durable once ``flush()`` or ``close()`` has returned after
-its ``submit``; ``close()`` writes everything queued before returning, which is what the
-gateway's shutdown (SIGTERM) relies on. Events submitted but not yet written when the
-process is killed outright (SIGKILL, OOM) are lost: at most one ``flush_interval`` of
-traffic plus whatever the queue held.
+"Acknowledged": an event of a served request is acknowledged when ``offer`` or ``submit``
+returns; it is then never dropped by the writer. It is durable once ``flush()`` or
+``close()`` has returned after it was queued; ``close()`` writes everything queued
+before returning, which is what the gateway's shutdown (SIGTERM) relies on. Events
+submitted but not yet written when the process is killed outright (SIGKILL, OOM) are
+lost: at most one ``flush_interval`` of traffic plus whatever the queue held.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import os
@@ -72,6 +80,7 @@ class EventWriter:
         retry_max: float = 5.0,
         split_after: int = 5,
         dead_letter_path: str | Path | None = None,
+        overflow_size: int | None = None,
     ) -> None:
         if batch_size < 1 or queue_size < 1:
             raise ValueError("batch_size and queue_size must be at least 1")
@@ -84,6 +93,11 @@ class EventWriter:
         self.dead_letter_path = Path(dead_letter_path) if dead_letter_path else None
         self._last_success = 0.0
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        # Events offered while the queue was full, drained by the writer thread after it.
+        self._overflow: collections.deque[RequestEvent] = collections.deque()
+        self.overflow_size = max(1, queue_size // 10) if overflow_size is None \
+            else overflow_size
+        self._shed = 0
         self._progress = threading.Condition()
         self._submitted = 0
         self._written = 0
@@ -122,8 +136,8 @@ class EventWriter:
         if now - self._last_full_warning >= _FULL_WARNING_EVERY_S:
             self._last_full_warning = now
             log.warning(
-                "event queue full (%d events): requests wait for the event writer; "
-                "the store is writing slower than traffic arrives",
+                "event queue full (%d events): the store is writing slower than traffic "
+                "arrives; new API requests are refused with 503 until it catches up",
                 self._queue.maxsize,
             )
 
@@ -136,14 +150,42 @@ class EventWriter:
             self._warn_full()
             self._queue.put(event)
 
-    async def submit_async(self, event: RequestEvent) -> None:
-        """Queue an event from the event loop; when the queue is full, wait off the loop."""
+    def offer(self, event: RequestEvent, *, served: bool) -> bool:
+        """Queue an event without ever blocking (for the event loop); see the module's
+        overflow policy. Returns False when the event was shed (only if not ``served``)."""
         self._count_submitted()
         try:
             self._queue.put_nowait(event)
+            return True
         except queue.Full:
-            self._warn_full()
-            await asyncio.to_thread(self._queue.put, event)
+            pass
+        self._warn_full()
+        if served or len(self._overflow) < self.overflow_size:
+            self._overflow.append(event)
+            return True
+        with self._progress:
+            self._submitted -= 1
+            self._shed += 1
+        return False
+
+    @property
+    def backlogged(self) -> bool:
+        """True while the queue is full or its overflow holds events: admit no new work."""
+        return bool(self._overflow) or self._queue.full()
+
+    @property
+    def shed(self) -> int:
+        """Events of refused requests dropped under overflow (see the module docstring)."""
+        return self._shed
+
+    def _drain_overflow(self) -> None:
+        # Writer thread only: move overflowed events into the queue while it has room.
+        while self._overflow:
+            try:
+                self._queue.put_nowait(self._overflow[0])
+            except queue.Full:
+                return
+            self._overflow.popleft()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every event submitted before this call is written.
@@ -190,6 +232,7 @@ class EventWriter:
     def _run(self) -> None:
         stop = False
         while not stop:
+            self._drain_overflow()
             first = self._queue.get()
             batch: list[RequestEvent] = []
             if first is _STOP:
@@ -218,6 +261,7 @@ class EventWriter:
         # A submit that was counted before close() may put its event after _STOP: keep
         # draining until every counted event is written (close() stops new counts).
         while True:
+            self._drain_overflow()
             leftovers: list[RequestEvent] = []
             while len(leftovers) < self.batch_size:
                 try:

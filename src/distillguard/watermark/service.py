@@ -42,7 +42,7 @@ class PlainSampler:
     """The unwatermarked ``RowSampler``: the request's own temperature and top-p, argmax
     when greedy, else a softmax draw."""
 
-    tally = None
+    tally: dict[str, Any] | None = None
 
     def effective(self, temperature: float, top_p: float) -> tuple[float, float]:
         return float(temperature), float(top_p)

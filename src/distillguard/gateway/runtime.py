@@ -1,0 +1,234 @@
+"""``Runtime``: every part of one running gateway, typed by its protocol, on the app object.
+
+One factory builds it (``Runtime(settings, ...)`` then ``await start()``): anything not
+passed in is built from the settings. Production passes nothing; tests hand in a small
+backend or store; the simulator hands in a ``ManualClock`` and the ``manual_driver``
+so that detection rounds run at simulated instants. No part of the request path knows
+whether it is simulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from distillguard.backends.base import Backend, backend_from_settings
+from distillguard.clock import Clock, wall_clock
+from distillguard.config import Settings
+from distillguard.detection.driver import DetectionDriver, DriverFactory, timer_driver
+from distillguard.detection.snapshot import EMPTY, DetectionSnapshot
+from distillguard.gateway.clientaddr import ClientAddress
+from distillguard.gateway.context import RequestContext
+from distillguard.gateway.limits import ConcurrencyLimiter
+from distillguard.gateway.metrics import Metrics
+from distillguard.gateway.schema import Limits
+
+if TYPE_CHECKING:
+    from distillguard.detection.jetstream import NatsLink
+    from distillguard.detection.pipeline import DetectionPipeline
+    from distillguard.detection.service import DetectionRunner
+    from distillguard.policy.engine import PolicyEngine
+    from distillguard.policy.ratelimit import RateLimiter
+    from distillguard.signup.service import SignupService
+    from distillguard.telemetry.keycache import KeyCache
+    from distillguard.telemetry.store import Store
+    from distillguard.telemetry.writer import EventWriter
+    from distillguard.watermark.service import WatermarkService
+
+log = logging.getLogger("distillguard.gateway")
+
+
+class NotStarted(RuntimeError):
+    """A part of the runtime was used before ``start()`` built it."""
+
+
+class Runtime:
+    """The parts of one gateway and their lifecycle.
+
+    ``clock`` is the time every part reads (events, policy, detection). ``driver``
+    makes the detection driver: ``timer_driver`` (production) or ``manual_driver``
+    (the simulator and tests run rounds themselves). With ``detection_mode = external``
+    no detection runs here: ``distillguard detect`` reads the log and sets actions in
+    the shared policy store, which admission reads.
+    """
+
+    def __init__(self, settings: Settings, *, backend: Backend | None = None,
+                 store: Store | None = None, watermark: WatermarkService | None = None,
+                 clock: Clock = wall_clock, driver: DriverFactory = timer_driver) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = Metrics()
+        self.started_at = time.time()
+        self.client_address = ClientAddress(settings.trust_forwarded_for,
+                                            settings.trusted_proxies)
+        self.limits = Limits(settings.max_tokens_limit, settings.default_max_tokens,
+                             settings.max_n)
+        self.limiter: RateLimiter | None = None
+        self.concurrency = ConcurrencyLimiter(settings.max_concurrent_per_account)
+        self.signup: SignupService | None = None  # set by build_app
+        self.detection: DetectionPipeline | None = None
+        self.runner: DetectionRunner | None = None  # detection's reader of the log
+        self.driver: DetectionDriver | None = None
+        self._nats: NatsLink | None = None  # when event_stream = nats
+        self.watermark = watermark
+        self._backend = backend
+        self._store = store
+        self._owns_store = store is None
+        self._driver_factory = driver
+        self._keys: KeyCache | None = None
+        self._writer: EventWriter | None = None
+        self._policy: PolicyEngine | None = None
+        self._pending_tokens: set[asyncio.Task[None]] = set()
+
+    # --- parts (typed, present once started) -------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise NotStarted("runtime.backend before start()")
+        return self._backend
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise NotStarted("runtime.store before start()")
+        return self._store
+
+    @property
+    def keys(self) -> KeyCache:
+        if self._keys is None:
+            raise NotStarted("runtime.keys before start()")
+        return self._keys
+
+    @property
+    def writer(self) -> EventWriter:
+        if self._writer is None:
+            raise NotStarted("runtime.writer before start()")
+        return self._writer
+
+    @property
+    def policy(self) -> PolicyEngine:
+        if self._policy is None:
+            raise NotStarted("runtime.policy before start()")
+        return self._policy
+
+    @property
+    def snapshot(self) -> DetectionSnapshot:
+        """The last detection round's results; read without any lock."""
+        return self.driver.snapshot if self.driver is not None else EMPTY
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        from distillguard.policy.engine import PolicyEngine
+        from distillguard.telemetry.keycache import KeyCache
+        from distillguard.telemetry.store import open_store
+        from distillguard.telemetry.writer import EventWriter
+
+        settings = self.settings
+        if self._store is None:
+            self._store = await asyncio.to_thread(open_store, settings)
+        store = self._store
+        self._keys = KeyCache(store, ttl=settings.key_cache_ttl)
+        log_store: Store = store
+        if settings.event_stream == "nats":
+            # The writer publishes each committed batch to JetStream for detect workers.
+            from distillguard.detection.jetstream import NatsLink, PublishingStore
+
+            self._nats = await asyncio.to_thread(NatsLink, settings.nats_url.reveal())
+            log_store = await asyncio.to_thread(PublishingStore, store, self._nats, settings)
+        writer = EventWriter.from_settings(log_store, settings)
+        self._writer = writer
+        if settings.rate_limit_rpm or settings.rate_limit_tpm:
+            from distillguard.policy.ratelimit import RateLimiter, open_rate_store
+
+            self.limiter = RateLimiter(open_rate_store(settings), rpm=settings.rate_limit_rpm,
+                                       tpm=settings.rate_limit_tpm)
+        policy = await asyncio.to_thread(PolicyEngine.from_settings, settings)
+        policy.clock = self.clock
+        self._policy = policy
+        if settings.detection and settings.detection_mode == "inprocess":
+            from distillguard.detection.pipeline import DetectionPipeline
+            from distillguard.detection.service import DetectionRunner
+
+            detection = await asyncio.to_thread(DetectionPipeline.from_settings, settings,
+                                                store=store)
+            detection.clock = self.clock
+            self.detection = detection
+            self.runner = DetectionRunner.from_settings(settings, detection, store,
+                                                        policy=policy, clock=self.clock)
+            self.driver = self._driver_factory(self.runner, settings, writer.flush)
+            await self.driver.start()
+        if self._backend is None:
+            self._backend = backend_from_settings(settings)
+        if self.watermark is None and getattr(self._backend, "watermarks", False):
+            from distillguard.watermark.service import WatermarkService
+
+            self.watermark = await asyncio.to_thread(WatermarkService.from_settings, settings)
+        await self._backend.start()
+
+    async def close(self) -> None:
+        if self._backend is not None:
+            await self._backend.close()
+        if self._pending_tokens:
+            await asyncio.gather(*self._pending_tokens, return_exceptions=True)
+        if self.limiter is not None:
+            await self.limiter.close()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
+        if self._nats is not None:
+            await asyncio.to_thread(self._nats.close)
+        if self.driver is not None:
+            await self.driver.close()
+        if self._policy is not None:
+            self._policy.close()
+        if self._owns_store and self._store is not None:
+            self._store.close()
+
+    # --- per request --------------------------------------------------------------------
+    def new_context(self, endpoint: str, client_addr: str | None,
+                    user_agent: str | None) -> RequestContext:
+        """A request's context, timed by the runtime's clock."""
+        return RequestContext(endpoint, client_addr, user_agent, ts=self.clock())
+
+    def settle_tokens(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a rate-limit token update off the request path (``close`` awaits it)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending_tokens.add(task)
+        task.add_done_callback(self._pending_tokens.discard)
+
+    def record(self, ctx: RequestContext) -> None:
+        """Account for a finished API request: metrics, rate-limit tokens, its event.
+
+        Called on the event loop; nothing here waits for a lock, a queue or the store.
+        """
+        self.metrics.observe(ctx.endpoint, ctx.status, ctx.elapsed(),
+                             prompt_tokens=ctx.prompt_tokens,
+                             completion_tokens=ctx.completion_tokens,
+                             error_type=ctx.error_type)
+        used = ctx.prompt_tokens + ctx.completion_tokens
+        if self.limiter is not None and ctx.key_id is not None and used \
+                and not ctx.tokens_reserved:
+            self.settle_tokens(self.limiter.add_tokens(ctx.key_id, used))
+        event = ctx.event(retain_prompts=self.settings.retain_prompts)
+        served = ctx.status < 400 or used > 0
+        if self._writer is not None:
+            self._writer.offer(event, served=served)
+        if self.driver is not None and event.account is not None:
+            self.driver.submit(event)
+
+    def gauges(self) -> list[tuple[str, str, str, float]]:
+        """The runtime's own series for ``/metrics``: event writer and detection."""
+        out: list[tuple[str, str, str, float]] = []
+        if self._writer is not None:
+            out += [
+                ("distillguard_events_pending", "gauge",
+                 "Events accepted and not yet written to the store.", self._writer.pending),
+                ("distillguard_events_backlogged", "gauge", "1 while the event writer is "
+                 "backlogged and new API requests are refused with 503.",
+                 float(self._writer.backlogged)),
+                ("distillguard_events_shed_total", "counter", "Events of refused requests "
+                 "dropped under the writer's overflow policy.", self._writer.shed),
+            ]
+        return out
