@@ -93,7 +93,7 @@ async def test_embedded_model_low_entropy_levers_stay_watermarked(harness_factor
     # the watermarked model at the floors, and its event says the watermark could act.
     harness = await harness_factory(backend="local", model_name="smollm2-135m-instruct")
     client = harness.sdk()
-    service = harness.gateway.watermark
+    service = harness.runtime.watermark
     levers = ({"temperature": 0}, {"top_p": 0.01}, {"temperature": 0.2})
     texts = []
     for fields in levers:
