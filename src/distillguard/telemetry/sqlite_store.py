@@ -127,6 +127,11 @@ class SQLiteStore:
         self._control_lock = threading.Lock()
         self._version_conn = self._connect(self._control_path, "FULL")
         self._version_lock = threading.Lock()
+        # Bulk reads (every key, every account: detection's round, the admin lists) get a
+        # connection of their own, so a 100k-key scan never holds the lock that each
+        # request's key check takes.
+        self._bulk_conn = self._connect(self._control_path, "FULL")
+        self._bulk_lock = threading.Lock()
         self._events = self._connect(self._events_path, "NORMAL")
         self._events.executescript(_EVENTS_SCHEMA)
         columns = {r[1] for r in self._events.execute("PRAGMA table_info(request_events)")}
@@ -182,8 +187,8 @@ class SQLiteStore:
         return Account(*row) if row else None
 
     def list_accounts(self) -> list[Account]:
-        with self._version_lock:
-            rows = self._version_conn.execute(
+        with self._bulk_lock:
+            rows = self._bulk_conn.execute(
                 "SELECT name, created_at FROM accounts ORDER BY created_at, name"
             ).fetchall()
         return [Account(*row) for row in rows]
@@ -213,8 +218,8 @@ class SQLiteStore:
         if account is not None:
             query += " WHERE account = ?"
             args = (account,)
-        with self._version_lock:
-            rows = self._version_conn.execute(query + " ORDER BY created_at, key_id", args)
+        with self._bulk_lock:
+            rows = self._bulk_conn.execute(query + " ORDER BY created_at, key_id", args)
             return [KeyRecord(*row) for row in rows.fetchall()]
 
     def get_key(self, key_id: str) -> KeyRecord | None:
@@ -340,6 +345,7 @@ class SQLiteStore:
         for lock, conn in (
             (self._control_lock, self._control),
             (self._version_lock, self._version_conn),
+            (self._bulk_lock, self._bulk_conn),
             (self._events_lock, self._events),
         ):
             with lock:
