@@ -11,6 +11,7 @@ no-JS wait ticket), so unauthenticated traffic cannot grow these tables for free
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import sqlite3
@@ -123,7 +124,7 @@ class Token:
     created_at: float
 
 
-class SignupStore:
+class SignupStore(abc.ABC):
     """The sign-up tables behind one lock; subclasses open the connection."""
 
     name = "base"
@@ -133,9 +134,9 @@ class SignupStore:
         self._lock = threading.Lock()
 
     # --- plumbing --------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _tx(self) -> contextlib.AbstractContextManager[Any]:
+        """A connection (or cursor) inside one transaction, committed on exit."""
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", self._marker)
@@ -273,8 +274,9 @@ class SignupStore:
         self._run("INSERT INTO signup_state (name, value) VALUES (?, ?) ON CONFLICT (name) "
                   "DO UPDATE SET value = excluded.value", (name, value))
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the connection."""
 
 
 class SQLiteSignupStore(SignupStore):
