@@ -133,7 +133,7 @@ async def test_the_loop_keeps_running_while_detection_refreshes_100k_accounts(ma
             reads = []
             while driver.snapshot.taken_at == 0.0:
                 t0 = time.perf_counter()
-                driver.snapshot.top(10)  # what the admin API does, without a lock
+                driver.snapshot.top(10)  # the last round's results, read without a lock
                 reads.append(time.perf_counter() - t0)
                 await asyncio.sleep(0.05)
         assert len(driver.snapshot.risks) == 100_000

@@ -124,11 +124,6 @@ class ManualDriver:
     def snapshot(self) -> DetectionSnapshot:
         return self.runner.snapshot
 
-    @property
-    def submitted(self) -> int:
-        """Events submitted so far."""
-        return self._submitted
-
     def submit(self, event: RequestEvent) -> None:
         with self._cond:
             self._submitted += 1

@@ -1,8 +1,8 @@
 """``DetectionSnapshot``: what one detection round concluded, immutable once published.
 
 A round (``refresh`` of the pipeline) holds the pipeline's lock for as long as it takes:
-0.6 s at 20k accounts. Request handlers (the admin API, the console) and the policy rules
-read the snapshot of the last round instead, so they never wait for that lock; the
+0.6 s at 20k accounts. The policy rules and readers on the event loop read the snapshot of
+the last round instead, so they never wait for that lock; the
 driver replaces the whole object when a round ends (one attribute assignment, atomic).
 """
 
@@ -43,13 +43,6 @@ class DetectionSnapshot:
             out.append(risk)
         return out
 
-    def campaign(self, campaign_id: str) -> Campaign | None:
-        """One campaign of the round by id."""
-        return next((c for c in self.campaigns if c.campaign_id == campaign_id), None)
-
-    def accounts(self) -> list[str]:
-        """Accounts tracked at the round."""
-        return list(self.risks)
 
 
 EMPTY = DetectionSnapshot(0.0, MappingProxyType({}), (), (), MappingProxyType({}),
