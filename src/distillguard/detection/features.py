@@ -26,6 +26,7 @@ Keys (all optional to readers; absent means unknown):
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -147,12 +148,14 @@ def request_features(messages: Sequence[dict[str, Any]] | None, prompt: str | No
     return f
 
 
+# A line that starts a role in a flattened prompt ("user: ..."), as stored before features.
+_TURN = re.compile(r"^(system|user|assistant|tool|developer): ", re.MULTILINE)
+
+
 def flat_features(prompt: str, params: dict[str, Any]) -> dict[str, Any]:
     """Features of an event stored before features existed: its flattened prompt split
     at ``role:`` line starts. Weaker (a message may fake turns); used only when the
     event has no ``features``."""
-    from distillguard.detection.text import _TURN
-
     messages = []
     starts = list(_TURN.finditer(prompt))
     if not starts:

@@ -29,29 +29,9 @@ _SPANS = re.compile(r"https?://\S+|[\w.+-]+@[\w-]+\.[\w.]+|\"[^\"\n]{1,200}\"|â€
 # Words, and the punctuation that ends a sentence (the next word may be capitalised).
 _WORD = re.compile(r"\w+|[.!?:;\n]", re.UNICODE)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
-_TURN = re.compile(r"^(system|user|assistant|tool|developer): ", re.MULTILINE)
 _SHIFT = np.uint64(16)
 _G1, _G2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
 _BAND_MIX = (_rng.integers(1, 2**63, _ROWS, dtype=np.uint64) | np.uint64(1))
-
-
-def last_user_turn(prompt: str) -> str:
-    """The text of the prompt's last user turn (the whole prompt if it has no roles)."""
-    starts = [m for m in _TURN.finditer(prompt)]
-    if not starts:
-        return prompt
-    for i in range(len(starts) - 1, -1, -1):
-        if starts[i].group(1) == "user":
-            end = starts[i + 1].start() if i + 1 < len(starts) else len(prompt)
-            return prompt[starts[i].end():end].strip()
-    return prompt[starts[-1].end():].strip()
-
-
-def assistant_turns(prompt: str) -> int:
-    """How many earlier assistant turns the prompt carries (0: a fresh, single-shot ask)."""
-    return sum(1 for m in _TURN.finditer(prompt) if m.group(1) == "assistant")
-
-
 _ENDS = frozenset(".!?:;\n")
 
 
