@@ -27,7 +27,10 @@ Reports:
 
 A run that does not finish within ``--limit`` seconds says so, with how far it got.
 
-Usage: nice -n 10 python bench/detection.py --scale 0.002 [--no-jetstream]
+Usage: nice -n 10 python bench/detection.py --scale 0.01 [--workers 1|2|both]
+[--interval 10] [--limit 480]. On this project's shared 2-core machine --scale 0.01
+(319k events) takes about 4 min with 1 worker and 6 min with 2 (publishing included),
+--scale 0.02 about 8 min with 1 worker.
 """
 
 from __future__ import annotations
@@ -158,8 +161,12 @@ def one_worker(settings: Settings, store, events: list[RequestEvent], n_h: int,
         out: dict = {}
         t = time.perf_counter()
         deadline = time.monotonic() + limit
+        report = time.monotonic() + 30
         while runner.position < head and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+            if time.monotonic() >= report:  # a long run is not a hang
+                report += 30
+                print(f"  1 worker: {runner.observed:,} of {head:,} read", flush=True)
         out["observe_s"] = time.perf_counter() - t
         out["finished"] = runner.position >= head
         out["read"] = runner.observed
@@ -242,6 +249,7 @@ def two_workers(base: dict, events: list[RequestEvent], tmp: Path, interval: flo
     for i in range(0, len(rest), 500):
         publishing.write_events(rest[i:i + 500])
     publish_s = time.perf_counter() - t
+    print(f"  published {len(rest):,} events in {publish_s:.0f} s", flush=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLGUARD_")}
     env.update({f"DISTILLGUARD_{k.upper()}": str(v) for k, v in values.items()})
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
@@ -260,12 +268,16 @@ def two_workers(base: dict, events: list[RequestEvent], tmp: Path, interval: flo
     try:
         # The rate runs from the first event read, so start-up is not counted.
         first: list[tuple[float, int]] = []
+        report = [time.monotonic() + 30]
 
         def progressed() -> bool:
             n = _events_read(ports)
             if n and not first:
                 first.append((time.perf_counter(), n))
             out["read"] = n or 0
+            if time.monotonic() >= report[0]:  # a long run is not a hang
+                report[0] += 30
+                print(f"  2 workers: {out['read']:,} of {len(rest):,} read", flush=True)
             return n is not None and n >= len(rest)
 
         out["finished"] = _wait_until(progressed, limit, poll=0.5)
