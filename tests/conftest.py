@@ -63,6 +63,31 @@ def pg_dsn() -> Iterator[str]:
 
 
 @pytest.fixture
+def nats_names() -> Iterator[dict[str, str]]:
+    """Names of a fresh JetStream stream and subject (skip without NATS); dropped after."""
+    nats = pytest.importorskip("nats")
+    from distillguard.detection.jetstream import wait_for_stream
+
+    if not wait_for_stream("nats://127.0.0.1:4222", timeout=2):
+        pytest.skip("no NATS JetStream at 127.0.0.1:4222")
+    tag = uuid.uuid4().hex[:10]
+    names = {"nats_stream": f"DGTEST_{tag}", "nats_subject": f"dgtest.{tag}"}
+    yield names
+
+    import asyncio
+
+    async def drop() -> None:
+        nc = await nats.connect("nats://127.0.0.1:4222")
+        try:
+            await nc.jetstream().delete_stream(names["nats_stream"])
+        except Exception:  # noqa: BLE001 - never created
+            pass
+        await nc.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture
 def make_settings(tmp_path: Path):
     """Settings isolated from the environment, with state under ``tmp_path``."""
 

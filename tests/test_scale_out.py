@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -23,30 +22,6 @@ pytestmark = pytest.mark.postgres
 CLI = [sys.executable, "-m", "distillguard.cli"]
 SETTLE_S = 1.2  # writer flush + JetStream + a checkpoint + a campaign round + policy cache
 HARVESTERS = ("harvester-a", "harvester-d")
-
-
-@pytest.fixture
-def nats_names():
-    nats = pytest.importorskip("nats")
-    from distillguard.detection.jetstream import wait_for_stream
-
-    if not wait_for_stream("nats://127.0.0.1:4222", timeout=2):
-        pytest.skip("no NATS JetStream at 127.0.0.1:4222")
-    tag = uuid.uuid4().hex[:10]
-    names = {"nats_stream": f"DGTEST_{tag}", "nats_subject": f"dgtest.{tag}"}
-    yield names
-
-    import asyncio
-
-    async def drop() -> None:
-        nc = await nats.connect("nats://127.0.0.1:4222")
-        try:
-            await nc.jetstream().delete_stream(names["nats_stream"])
-        except Exception:  # noqa: BLE001 - never created
-            pass
-        await nc.close()
-
-    asyncio.run(drop())
 
 
 class Cluster:

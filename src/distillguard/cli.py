@@ -84,6 +84,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"distillguard: {exc}", file=sys.stderr)
         return 2
+    if settings.asn_table and settings.detection and settings.detection_mode == "inprocess":
+        # Read the table now (once: detection reuses it), so a bad line stops the start
+        # with one line naming it, not a traceback from uvicorn's lifespan.
+        from distillguard.detection.asn import load_asn_table
+
+        load_asn_table(settings.asn_table)
     app = build_app(settings)
     print(f"distillguard: serving on http://{settings.host}:{settings.port}/v1 "
           f"(backend {settings.backend}, data in {settings.data_path})", file=sys.stderr,
@@ -174,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except SettingsError as exc:  # one a command finds, e.g. a bad asn_table line
+        print(f"distillguard: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

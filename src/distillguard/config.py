@@ -237,6 +237,12 @@ SETTINGS: tuple[Setting, ...] = (
             "X-Forwarded-For is read only from them, and they are skipped when taking the "
             "client's address from its right end. Empty: the immediate peer is the one "
             "proxy."),
+    Setting("asn_table", str, "", "Offline address-to-AS table (the free iptoasn.com "
+            "`ip2asn-v4.tsv` / `ip2asn-v6.tsv` / `ip2asn-combined.tsv` format: "
+            "`range_start`, `range_end`, `AS_number`, `country`, `AS_description`, "
+            "tab-separated), read once at start. Campaign evidence then also names the AS "
+            "that members send from across different /24 or /48 prefixes. Empty: "
+            "addresses are grouped by prefix only."),
     Setting("detection_mode", str, "inprocess", "`inprocess`: `serve` runs detection "
             "itself, reading the event store. `external`: a separate `distillguard detect` "
             "service does, and this gateway only reads the policy store (and, with "

@@ -11,7 +11,8 @@ active minutes, and its topic histogram. ``find_campaigns`` then
    same user agent, by union-find over inverted indices (cost linear in accounts; a
    bucket shared by more than half of all accounts says nothing and is skipped);
 2. for each group of at least ``MIN_MEMBERS``, adds the evidence of a shared client
-   fingerprint (user agent and exact sampling parameters), synchronised timing
+   fingerprint (user agent and exact sampling parameters), a shared autonomous system
+   across different prefixes (with an ``asn_table``), synchronised timing
    (active-minute MinHash agreement) and complementary coverage (the union of the
    members' topics is much more even than each member's own);
 3. scores it: ``link`` (noisy-OR of the evidence kinds) times the pooled harvest score
@@ -48,7 +49,11 @@ _TIMING_K = 32
 # default settings shares it; it counts only next to other evidence.
 LINK_WEIGHTS = {"shared_template": 0.6, "shared_infrastructure": 0.5, "key_burst": 0.5,
                 "shared_signup": 0.6, "shared_client": 0.3, "synchronised_timing": 0.3,
-                "complementary_coverage": 0.3}
+                "complementary_coverage": 0.3, "shared_asn": 0.25}
+# One autonomous system is weaker than one /24: a large ISP or cloud carries many
+# honest users. So, like a client fingerprint, it never pulls an account into a group:
+# it ties together members that other evidence grouped and that send from different
+# prefixes of one AS (a swarm rotating its /24s inside one provider).
 # Repeats of one template band / wrapper, or one client fingerprint, before they link.
 MIN_TEMPLATE_REPEATS = 3
 MIN_CLIENT_REPEATS = 5
@@ -210,7 +215,8 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
                    n_topics: int, combine: Callable[[dict[str, float]], float],
                    signals: list[Any] | None = None,
                    states: dict[str, list[Any]] | None = None, min_events: int = 20,
-                   signup: dict[str, list[Any]] | None = None) -> list[Campaign]:
+                   signup: dict[str, list[Any]] | None = None,
+                   asn: Callable[[str], Any] | None = None) -> list[Campaign]:
     """Cluster accounts into campaigns (see the module docstring).
 
     ``members`` maps account -> (events, profile, {signal name: (signal, value,
@@ -219,6 +225,7 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
     as one account holding the members' pooled traffic, for every signal that can
     ``merge``. ``signup`` maps account -> the sign-up keys it shares (e-mail domain
     and address prefix, client fingerprint): accounts made together are linked.
+    ``asn`` maps an address prefix to its autonomous system (``asn.AsnTable.lookup``).
     """
     buckets: dict[tuple[str, Any], list[str]] = defaultdict(list)
     for name, keys in (signup or {}).items():
@@ -263,15 +270,37 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
     for a in kinds_of:
         groups[uf.find(a)].append(a)
 
+    as_of = _systems(members, asn, limit) if asn is not None else {}
     campaigns = []
     for accts in groups.values():
         if len(accts) < MIN_MEMBERS:
             continue
         accts.sort()
         campaigns.append(_score(accts, members, kinds_of, baselines, n_topics, combine,
-                                pooled_states(accts, signals, states, min_events)))
+                                pooled_states(accts, signals, states, min_events), as_of))
     campaigns.sort(key=lambda c: (-c.risk, -len(c.members)))
     return campaigns
+
+
+def _systems(members: dict[str, Any], asn: Callable[[str], Any],
+             limit: int) -> dict[str, tuple[Any, str]]:
+    """Account -> (its autonomous system, its top prefix), for the accounts whose top
+    prefix the table knows, leaving out any AS that more than ``limit`` accounts send
+    from (as with buckets: shared by half the population, it says nothing)."""
+    cache: dict[str, Any] = {}
+    out: dict[str, tuple[Any, str]] = {}
+    sizes: dict[Any, int] = defaultdict(int)
+    for name, (_, prof, _) in members.items():
+        prefix = prof.top(prof.prefixes)
+        if not prefix:
+            continue
+        if prefix not in cache:
+            cache[prefix] = asn(prefix)
+        system = cache[prefix]
+        if system is not None:
+            out[name] = (system, prefix)
+            sizes[system] += 1
+    return {a: v for a, v in out.items() if sizes[v[0]] <= limit}
 
 
 def burst_gap(times: list[float]) -> float:
@@ -337,7 +366,8 @@ def pooled_states(accts: list[str], signals: list[Any] | None,
 def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[str]],
            baselines: dict[str, Baseline], n_topics: int,
            combine: Callable[[dict[str, float]], float],
-           pooled_strengths: dict[str, tuple[Any, float]] | None = None) -> Campaign:
+           pooled_strengths: dict[str, tuple[Any, float]] | None = None,
+           as_of: dict[str, tuple[Any, str]] | None = None) -> Campaign:
     evidence = []
     for kind in ("shared_template", "shared_infrastructure", "key_burst", "shared_signup"):
         share = sum(1 for a in accts if kind in kinds_of[a]) / len(accts)
@@ -366,6 +396,8 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
                                      f"{count} of {len(accts)} accounts send with the same "
                                      f"client and identical sampling parameters (user agent "
                                      f"{str(client[0])[:60]!r})"))
+    if as_of:
+        evidence += _shared_asn(accts, as_of, kinds_of, own_kinds)
     # Synchronised timing: mean MinHash agreement of active minutes across members.
     sigs = [members[a][1].timing_signature() for a in accts]
     sigs = [s for s in sigs if s is not None]
@@ -449,6 +481,31 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
     core = [a for a in accts if own_kinds[a] >= 2]
     return Campaign(cid, accts, evidence, round(link, 4), round(harvest, 4), round(risk, 4),
                     events, {g: round(v, 4) for g, v in groups.items()}, core)
+
+
+def _shared_asn(accts: list[str], as_of: dict[str, tuple[Any, str]],
+                kinds_of: dict[str, set[str]], own_kinds: dict[str, int]) -> list[Evidence]:
+    """Evidence that members send from one AS across different prefixes (none when they
+    share one prefix only: shared_infrastructure says that already)."""
+    by_system: dict[Any, list[str]] = defaultdict(list)
+    for a in accts:
+        if a in as_of:
+            by_system[as_of[a][0]].append(a)
+    if not by_system:
+        return []
+    system, inside = max(by_system.items(), key=lambda kv: (len(kv[1]), str(kv[0])))
+    prefixes = sorted({as_of[a][1] for a in inside})
+    if len(inside) < 2 or len(prefixes) < 2:
+        return []
+    for a in inside:
+        # A member already tied by a shared prefix gains nothing new from its AS.
+        if "shared_infrastructure" not in kinds_of[a]:
+            own_kinds[a] += 1
+    share = len(inside) / len(accts)
+    shown = ", ".join(prefixes[:3]) + (", ..." if len(prefixes) > 3 else "")
+    return [Evidence("shared_asn", LINK_WEIGHTS["shared_asn"] * share,
+                     f"{len(inside)} of {len(accts)} accounts send from {system} across "
+                     f"{len(prefixes)} different address prefixes ({shown})")]
 
 
 def _describe(kind: str, accts: list[str], members: dict[str, Any], share: float) -> str:

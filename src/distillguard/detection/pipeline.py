@@ -55,6 +55,7 @@ from distillguard.detection.signals import (
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
+    from distillguard.detection.asn import AsnTable
     from distillguard.detection.embedder import Embedder
     from distillguard.telemetry.events import RequestEvent
 
@@ -220,6 +221,11 @@ class DetectionPipeline:
                 s.n_topics = n_topics  # type: ignore[attr-defined]
         self.elicitation = Elicitation(embedder)
         self.store = store
+        self.asn_table: AsnTable | None = None
+        if settings is not None and settings.asn_table:
+            from distillguard.detection.asn import load_asn_table
+
+            self.asn_table = load_asn_table(settings.asn_table)
         self.signup_evidence = signup_evidence
         self.clock = clock
         self._lock = threading.RLock()
@@ -533,7 +539,9 @@ class DetectionPipeline:
                                        if self.topic_map is not None else 0,
                                        combine=self._combine, signals=self.signals,
                                        states=states, min_events=self.min_events,
-                                       signup=self._signup_links())
+                                       signup=self._signup_links(),
+                                       asn=self.asn_table.lookup
+                                       if self.asn_table is not None else None)
             self._campaigns = campaigns
             self._campaign_of = {m: c for c in campaigns for m in c.core}
             self.refreshed_at = time.time()

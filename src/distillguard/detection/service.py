@@ -52,8 +52,10 @@ class DetectionRunner:
                  policy: PolicyEngine | None = None,
                  checkpoints: CheckpointStore | None = None, name: str = "inprocess",
                  warmup_s: float = 24 * 3600.0, warmup_events: int = 1_000_000,
-                 batch: int = READ_BATCH, clock: Callable[[], float] = time.time) -> None:
+                 batch: int = READ_BATCH, clock: Callable[[], float] = time.time,
+                 labels: tuple[tuple[str, str], ...] = ()) -> None:
         self.pipeline = pipeline
+        self.labels = labels  # on its /metrics series, e.g. (("partition", "1"),)
         self.log = log
         self.policy = policy
         self.checkpoints = checkpoints
@@ -216,25 +218,34 @@ class DetectionRunner:
 
     def metrics_lines(self) -> list[str]:
         """Prometheus lines for detection's progress through the log."""
-        ckpt_age = (time.time() - self.checkpointed_at) if self.checkpointed_at else -1.0
-        return [
-            "# HELP distillguard_detection_lag_events Events in the log detection has not "
-            "read yet (its backlog).",
-            "# TYPE distillguard_detection_lag_events gauge",
-            f"distillguard_detection_lag_events {self.backlog()}",
-            "# HELP distillguard_detection_lag_seconds Age of the newest event detection "
-            "has observed while a backlog waits (0 when caught up).",
-            "# TYPE distillguard_detection_lag_seconds gauge",
-            f"distillguard_detection_lag_seconds {self.lag_seconds():.3f}",
-            "# HELP distillguard_detection_events_total Events detection observed from the "
-            "log since this process started.",
-            "# TYPE distillguard_detection_events_total counter",
-            f"distillguard_detection_events_total {self.observed}",
-            "# HELP distillguard_detection_log_position Id of the last event observed.",
-            "# TYPE distillguard_detection_log_position gauge",
-            f"distillguard_detection_log_position {self.position}",
-            "# HELP distillguard_detection_checkpoint_age_seconds Seconds since the last "
-            "checkpoint (-1: none yet).",
-            "# TYPE distillguard_detection_checkpoint_age_seconds gauge",
-            f"distillguard_detection_checkpoint_age_seconds {ckpt_age:.1f}",
-        ]
+        return metrics_lines([self])
+
+
+# (name, type, help, value of one runner) of each series, in the order /metrics shows them.
+_SERIES: tuple[tuple[str, str, str, Callable[[DetectionRunner], str]], ...] = (
+    ("distillguard_detection_lag_events", "gauge", "Events in the log detection has not "
+     "read yet (its backlog).", lambda r: f"{r.backlog()}"),
+    ("distillguard_detection_lag_seconds", "gauge", "Age of the newest event detection "
+     "has observed while a backlog waits (0 when caught up).",
+     lambda r: f"{r.lag_seconds():.3f}"),
+    ("distillguard_detection_events_total", "counter", "Events detection observed from the "
+     "log since this process started.", lambda r: f"{r.observed}"),
+    ("distillguard_detection_log_position", "gauge", "Log position of the last event "
+     "observed (event id in the store, stream sequence in JetStream).",
+     lambda r: f"{r.position}"),
+    ("distillguard_detection_checkpoint_age_seconds", "gauge", "Seconds since the last "
+     "checkpoint (-1: none yet).",
+     lambda r: f"{(time.time() - r.checkpointed_at) if r.checkpointed_at else -1.0:.1f}"),
+)
+
+
+def metrics_lines(runners: list[DetectionRunner]) -> list[str]:
+    """Prometheus lines for the runners' progress through their logs: each series once,
+    one sample per runner, labelled with its ``labels`` (a worker's partitions)."""
+    from distillguard.gateway.metrics import label_text
+
+    out = []
+    for name, kind, text, value in _SERIES:
+        out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        out += [f"{name}{label_text(r.labels)} {value(r)}" for r in runners]
+    return out

@@ -16,20 +16,26 @@ this service writes actions to it.
 
 A worker killed with ``kill -9`` loses only what it observed since its checkpoints; a
 replacement started with the same partitions restores them and reads the rest again.
+
+``--metrics-port`` serves ``GET /metrics``: the detection series that an in-process
+gateway exports (``DetectionRunner.metrics_lines``), one sample per partition.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.server
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from distillguard.detection.checkpoint import CheckpointError, CheckpointStore, load_state
-from distillguard.detection.service import DetectionRunner
+from distillguard.detection.service import DetectionRunner, metrics_lines
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
@@ -148,7 +154,8 @@ class Worker:
                 self.runners.append(DetectionRunner(
                     _pipeline(settings, self.store, embedder),
                     JetStreamPartitionLog(self.link, settings, p),
-                    checkpoints=self.checkpoints, name=partition_name(p), **warm))
+                    checkpoints=self.checkpoints, name=partition_name(p),
+                    labels=(("partition", str(p)),), **warm))
             if campaign_job if campaign_job is not None else 0 in mine:
                 self.job = CampaignJob(_pipeline(settings, self.store, None),
                                        self.checkpoints, total, self.policy)
@@ -158,6 +165,10 @@ class Worker:
             self.runners.append(DetectionRunner(
                 _pipeline(settings, self.store, embedder), StoreLog(self.store),
                 policy=self.policy, checkpoints=self.checkpoints, name="service", **warm))
+
+    def metrics_text(self) -> bytes:
+        """Prometheus text of this worker's runners (what ``--metrics-port`` serves)."""
+        return ("\n".join(metrics_lines(self.runners)) + "\n").encode()
 
     def stop(self) -> None:
         """Ask the loop to finish (a last checkpoint is taken)."""
@@ -212,16 +223,74 @@ class Worker:
         self.store.close()
 
 
+class MetricsServer:
+    """``GET /metrics`` on its own thread: what ``render`` returns, as Prometheus text."""
+
+    def __init__(self, host: str, port: int, render: Callable[[], bytes]) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+                if self.path.partition("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = render()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass  # a scrape every few seconds is no news
+
+        self.httpd = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.address = self.httpd.server_address[:2]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 def _cmd_detect(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
     partitions = None
     if args.partitions:
         partitions = [int(p) for p in args.partitions.split(",") if p.strip()]
+    if args.metrics_host is not None and args.metrics_port is None:
+        print("distillguard: --metrics-host needs --metrics-port", file=sys.stderr)
+        return 2
     worker = Worker(settings, partitions=partitions, campaign_job=args.campaign_job)
+    server = None
+    if args.metrics_port is not None:
+        host = args.metrics_host or "127.0.0.1"
+        try:
+            server = MetricsServer(host, args.metrics_port, worker.metrics_text)
+        except OSError as exc:
+            worker.close()
+            print(f"distillguard: --metrics-port: cannot listen on "
+                  f"{host}:{args.metrics_port} ({exc.strerror or exc})",
+                  file=sys.stderr)
+            return 2
+        host, port = server.address
+        print(f"detect: metrics on http://{host}:{port}/metrics", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    worker.run(duration=args.duration)
+    try:
+        worker.run(duration=args.duration)
+    finally:
+        if server is not None:
+            server.close()
     return 0
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not between 0 and 65535")
+    return port
 
 
 def add_commands(sub: Any) -> None:
@@ -234,4 +303,9 @@ def add_commands(sub: Any) -> None:
                    help="run the cross-account job and the rules here (default: in the "
                    "worker that reads partition 0)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--metrics-port", type=_port, help="serve GET /metrics (the detection "
+                   "series of an in-process gateway, per partition) on this port (0: any "
+                   "free one; default: none)")
+    p.add_argument("--metrics-host", help="address the metrics port listens on "
+                   "(default 127.0.0.1)")
     p.set_defaults(func=_cmd_detect)

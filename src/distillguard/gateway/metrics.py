@@ -14,7 +14,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    10.0, 30.0, 60.0)
 
 
-def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
+def label_text(pairs: tuple[tuple[str, str], ...]) -> str:
+    """``{k="v",...}`` with values escaped as the text format wants ("" for none)."""
     if not pairs:
         return ""
     inner = ",".join(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
@@ -72,7 +73,7 @@ class Metrics:
         ]
         for (endpoint, status), n in sorted(self.requests.items()):
             out.append(f"distillguard_requests_total"
-                       f"{_labels((('endpoint', endpoint), ('status', status)))} {n}")
+                       f"{label_text((('endpoint', endpoint), ('status', status)))} {n}")
         out += [
             "# HELP distillguard_request_duration_seconds Time from request to last byte.",
             "# TYPE distillguard_request_duration_seconds histogram",
@@ -83,8 +84,8 @@ class Metrics:
                 cumulative += n
                 le = "+Inf" if bound == float("inf") else f"{bound:g}"
                 out.append("distillguard_request_duration_seconds_bucket"
-                           f"{_labels((('endpoint', endpoint), ('le', le)))} {cumulative}")
-            label = _labels((("endpoint", endpoint),))
+                           f"{label_text((('endpoint', endpoint), ('le', le)))} {cumulative}")
+            label = label_text((("endpoint", endpoint),))
             out.append(f"distillguard_request_duration_seconds_sum{label} "
                        f"{self._sum[endpoint]:.6f}")
             out.append(f"distillguard_request_duration_seconds_count{label} "
@@ -94,14 +95,14 @@ class Metrics:
             "# TYPE distillguard_tokens_total counter",
         ]
         for kind in ("prompt", "completion"):
-            out.append(f"distillguard_tokens_total{_labels((('type', kind),))} "
+            out.append(f"distillguard_tokens_total{label_text((('type', kind),))} "
                        f"{self.tokens[kind]}")
         out += [
             "# HELP distillguard_errors_total Error responses, by OpenAI error type.",
             "# TYPE distillguard_errors_total counter",
         ]
         for kind, n in sorted(self.errors.items()):
-            out.append(f"distillguard_errors_total{_labels((('type', kind),))} {n}")
+            out.append(f"distillguard_errors_total{label_text((('type', kind),))} {n}")
         for name, kind, text, value in extra:
             out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
         return ("\n".join(out) + "\n").encode()
