@@ -4,7 +4,8 @@ The reported campaign: 24,000 accounts and 16 million exchanges (~667 each), mix
 benign population of at least the same size (as many accounts, as many exchanges).
 ``--scale F`` replays the fraction F of both (F = 1 is the full size). Events are
 synthetic (templated harvest prompts with long outputs, varied short benign prompts,
-simulated time over the last --hours, ending now), written to a SQLite store and, for
+simulated time over the last --hours, ending now), carrying the prompt features the
+gateway computes at request time (so the workers read what they read in production), written to a SQLite store and, for
 the 2-worker run, to NATS JetStream through the gateway's publishing path; embeddings
 are off (MiniLM would bound everything at a few hundred prompts/s on this machine; see
 MEASURED.md).
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import re
@@ -51,6 +53,7 @@ from pathlib import Path
 
 from distillguard.config import Settings
 from distillguard.detection.checkpoint import dump_state
+from distillguard.detection.features import request_features
 from distillguard.detection.pipeline import DetectionPipeline
 from distillguard.detection.service import DetectionRunner
 from distillguard.policy.engine import PolicyEngine
@@ -121,6 +124,15 @@ def generate(scale: float, hours: float, seed: int, end: float | None = None
                 user_agent="Mozilla/5.0", model="m", params={"max_tokens": 512},
                 prompt=rng.choice(BENIGN) + f" ({rng.randrange(1000)})",
                 prompt_tokens=20, completion_tokens=rng.randrange(50, 400)))
+    # The gateway computes each request's features from its message list before the
+    # event is written (gateway/routes.py); events without them would send every worker
+    # down the slower path kept for events stored before features existed.
+    memo: dict[tuple[str, str], dict] = {}
+    for e in events:
+        key = (e.prompt, json.dumps(e.params, sort_keys=True))
+        if key not in memo:
+            memo[key] = request_features(None, e.prompt, e.params)
+        e.features = memo[key]
     events.sort(key=lambda e: e.ts)
     return events, n_h, n_b
 
