@@ -204,3 +204,77 @@ async def test_every_page_renders(console, tmp_path):
         assert (await client.get("/console/forensics/..%2F..")).status_code == 404
         assert (await client.get("/console/accounts?action=ban")).status_code == 400
         assert (await client.get("/console/accounts/nobody-here")).status_code == 404
+
+
+async def test_wrong_tokens_lock_the_login_until_the_window_passes(harness_factory):
+    from distillguard.clock import ManualClock
+
+    clock = ManualClock(time.time())
+    h = await harness_factory(clock=clock, console_login_failures=3,
+                              console_login_window=600.0)
+    async with h.http() as client:
+        for _ in range(3):
+            r = await login(client, secret="wrong-token-attempt")
+            assert r.status_code == 403
+        # Even the right token is refused now, with the wait in Retry-After.
+        r = await login(client)
+        assert r.status_code == 429 and "Too many failed log-ins" in r.text
+        assert 590 <= int(r.headers["retry-after"]) <= 600
+        assert "dg_console=" not in r.headers.get("set-cookie", "")
+        clock.advance(clock() + 300)
+        assert (await login(client)).status_code == 429
+        clock.advance(clock() + 301)
+        r = await login(client)
+        assert r.status_code == 303 and "dg_console=" in r.headers["set-cookie"]
+    entries = h.runtime.policy.audit(account="console:login")
+    assert len(entries) == 3 and all(e.op == "console_login_failed" for e in entries)
+    assert "failed log-in as admin from" in entries[0].reason
+    assert "refused for now" in entries[0].reason
+    assert not any("wrong-token-attempt" in e.reason for e in entries)
+
+
+async def test_login_failures_count_per_name_across_addresses_and_per_address(
+        harness_factory):
+    from distillguard.console.auth import AnalystStore
+
+    h = await harness_factory(trust_forwarded_for=True, console_login_failures=2)
+    AnalystStore(h.runtime.settings.data_path).create("ann", "correct horse battery")
+    async with h.http() as client:
+        for i in range(2):  # two addresses guess ann's password
+            client.headers["x-forwarded-for"] = f"198.51.100.{i}"
+            assert (await login(client, "ann", "guess-number-one")).status_code == 403
+        client.headers["x-forwarded-for"] = "198.51.100.9"
+        assert (await login(client, "ann", "correct horse battery")).status_code == 429
+        # The fresh address is not locked out for another name.
+        assert (await login(client)).status_code == 303
+        # One address guessing many names is stopped too.
+        client.headers["x-forwarded-for"] = "2001:db8::1"
+        for name in ("bob", "carol"):
+            assert (await login(client, name, "guess-number-two")).status_code == 403
+        client.headers["x-forwarded-for"] = "2001:db8::2"  # same /64
+        assert (await login(client, "dave", "guess-number-three")).status_code == 429
+
+
+def test_login_throttle_memory_is_bounded_and_rotation_keeps_a_names_count():
+    from distillguard.clock import ManualClock
+    from distillguard.console.auth import LoginThrottle
+
+    clock = ManualClock(1000.0)
+    throttle = LoginThrottle(3, 60.0, clock=clock, max_keys=50, max_audits=4)
+    for i in range(5000):  # rotating addresses and names
+        assert throttle.begin(f"addr{i}", f"name{i}") is None
+    addresses, names = throttle._failures
+    assert len(addresses) == len(names) == 50
+    for i in range(3):
+        assert throttle.begin(f"10.0.0.{i}", "ann") is None
+    assert all(len(t) <= 3 for t in (*addresses.values(), *names.values()))
+    # A name under attack stays recent while it is tried, though 45 other names (fewer
+    # than the table holds) fail between two tries, again and again.
+    for round_ in range(5):
+        for i in range(45):
+            throttle.begin(f"r{round_}-{i}", f"n{round_}-{i}")
+        assert throttle.begin(f"try{round_}", "ann") is not None
+    assert [throttle.may_audit() for _ in range(6)] == [True] * 4 + [False] * 2
+    clock.advance(clock() + 61)
+    assert throttle.may_audit()
+    assert throttle.begin("try-later", "ann") is None

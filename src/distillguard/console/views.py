@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,9 +22,19 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from distillguard.console import graph, svg
-from distillguard.console.auth import ADMIN_ANALYST, AnalystStore, Session, same
+from distillguard.console.auth import (
+    ADMIN_ANALYST,
+    NAME,
+    AnalystStore,
+    LoginThrottle,
+    Session,
+    client_key,
+    same,
+)
 from distillguard.gateway import queries
 from distillguard.policy.actions import KINDS
+
+log = logging.getLogger("distillguard.console")
 
 SESSION_COOKIE = "dg_console"
 LOGIN_COOKIE = "dg_console_login"
@@ -46,7 +57,7 @@ TTLS = {"": None, "1h": 3600.0, "1d": 86400.0, "7d": 7 * 86400.0}
 class Console:
     """What the console keeps on the app: templates, analysts, where reports are."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, clock: Callable[[], float] = time.time) -> None:
         import jinja2
 
         self.settings = settings
@@ -56,6 +67,8 @@ class Console:
         self.env.filters.update(when=_when, ago=_ago, pct=_pct, span=_span,
                                 q=lambda s: quote(str(s), safe=""))
         self.analysts = AnalystStore(settings.data_path)
+        self.throttle = LoginThrottle(settings.console_login_failures,
+                                      settings.console_login_window, clock=clock)
         self.forensics_dir = Path(settings.console_forensics_dir
                                   or settings.data_path / "forensics")
 
@@ -68,7 +81,8 @@ def console_of(request: Request) -> Console:
     """The app's console (built on first use: the gateway may start without it)."""
     console = getattr(request.app.state, "console", None)
     if console is None:
-        console = request.app.state.console = Console(request.app.state.runtime.settings)
+        runtime = request.app.state.runtime
+        console = request.app.state.console = Console(runtime.settings, runtime.clock)
     return console
 
 
@@ -156,13 +170,16 @@ async def login_form(request: Request) -> Response:
     return _login_page(console, request.query_params.get("next", ""), "")
 
 
-def _login_page(console: Console, target: str, error: str, status: int = 200) -> Response:
+def _login_page(console: Console, target: str, error: str, status: int = 200,
+                retry_after: int | None = None) -> Response:
     import secrets
 
     token = secrets.token_urlsafe(24)
     resp = console.render("login.html", status, session=None, nav="", token=token,
                           target=target, error=error,
                           admin=bool(console.settings.admin_token))
+    if retry_after is not None:
+        resp.headers["Retry-After"] = str(retry_after)
     resp.set_cookie(LOGIN_COOKIE, token, max_age=900, httponly=True, samesite="strict",
                     path="/console/")
     return resp
@@ -182,6 +199,17 @@ async def login(request: Request) -> Response:
     if not same(form.get("login_token"), request.cookies.get(LOGIN_COOKIE)):
         return _login_page(console, target, "The log-in form expired. Try again.", 403)
     name, secret = form.get("name", "").strip(), form.get("secret", "")
+    runtime = request.app.state.runtime
+    addr = client_key(runtime.client_address.of_scope(request.scope))
+    # The admin token is one name; a name that cannot exist is counted as one, so that
+    # made-up names cannot spread guesses over many keys (or fill the table's memory).
+    who = ADMIN_ANALYST if not name else name if NAME.match(name) else "(invalid name)"
+    wait = console.throttle.begin(addr, who)
+    if wait is not None:
+        seconds = int(wait + 0.999)
+        return _login_page(console, target, "Too many failed log-ins from this address or "
+                           f"for this name. Try again in {_span(seconds)}.", 429,
+                           retry_after=seconds)
     analyst = None
     if not name:
         token = console.settings.admin_token.reveal()
@@ -190,7 +218,9 @@ async def login(request: Request) -> Response:
     elif await asyncio.to_thread(console.analysts.check_password, name, secret):
         analyst = name
     if analyst is None:
+        await asyncio.to_thread(_audit_failure, runtime, console, addr, who)
         return _login_page(console, target, "Wrong name, password or admin token.", 403)
+    console.throttle.succeeded(addr, who)
     cookie, _ = await asyncio.to_thread(console.analysts.open_session, analyst,
                                         console.settings.console_session_ttl)
     resp = RedirectResponse(_safe_target(target), 303, headers=HEADERS)
@@ -199,6 +229,20 @@ async def login(request: Request) -> Response:
                     secure=request.url.scheme == "https")
     resp.delete_cookie(LOGIN_COOKIE, path="/console/")
     return resp
+
+
+def _audit_failure(runtime: Any, console: Console, addr: str, who: str) -> None:
+    # Who tried and from where, never what they typed as the secret.
+    n = console.throttle.failures(addr, who)
+    limit = console.throttle.limit
+    log.warning("console log-in failed for %s from %s (%d of %d allowed)", who, addr, n,
+                limit)
+    policy = getattr(runtime, "policy", None)
+    if policy is not None and console.throttle.may_audit():
+        locked = "; further log-ins are refused for now" if n >= limit else ""
+        policy.note("console:login", "console_login_failed", author="console",
+                    reason=f"failed log-in as {who} from {addr} ({n} of {limit} failures "
+                           f"allowed in {_span(console.throttle.window)}){locked}")
 
 
 @page
