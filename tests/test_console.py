@@ -278,3 +278,71 @@ def test_login_throttle_memory_is_bounded_and_rotation_keeps_a_names_count():
     clock.advance(clock() + 61)
     assert throttle.may_audit()
     assert throttle.begin("try-later", "ann") is None
+
+
+async def test_signup_funnel_on_the_overview_and_the_admin_api(harness_factory, tmp_path):
+    from distillguard.testing.mailbox import smtp_server
+    from test_signup import ADMIN, FAST, client, sign_up, token_of
+
+    domains = tmp_path / "domains.txt"
+    domains.write_text("deny evil.example\n")
+    with smtp_server() as mailbox:
+        h = await harness_factory(**FAST, signup_mode="verify", smtp_url=mailbox.url,
+                                  signup_velocity_prefix=4, signup_domains_file=str(domains))
+        async with client(h, addr="192.0.2.10") as http:
+            codes = [(await sign_up(http, email)).status_code for email in (
+                "ada@example.org", "x@sharklasers.com", "y@mx.evil.example",
+                "bob@example.org", "late@example.org")]
+            assert codes == [202, 400, 400, 202, 429]
+            (first, _) = mailbox.wait(2)
+            assert (await http.post("/signup/verify",
+                                    json={"token": token_of(first)})).status_code == 201
+        async with client(h, addr="198.51.100.3") as http:
+            h.runtime.store.create_key("old@example.org")
+            assert (await sign_up(http, "old@example.org")).status_code == 202
+            api = (await http.get("/admin/signup/funnel", headers=ADMIN)).json()
+            bad = await http.get("/admin/signup/funnel?since=soon", headers=ADMIN)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+            none = (await http.get(f"/admin/signup/funnel?since={time.time() + 60}",
+                                   headers=ADMIN)).json()
+    assert api["object"] == "signup.funnel" and api["mode"] == "verify"
+    assert {k: api[k] for k in ("requests", "screened_out", "existing", "accepted",
+                                "verification_mailed", "waitlisted", "keys_issued")} == {
+        "requests": 6, "screened_out": 3, "existing": 1, "accepted": 2,
+        "verification_mailed": 2, "waitlisted": 0, "keys_issued": 1}
+    assert api["screened_out_by_reason"] == {
+        "disposable domain": 1, "denied domain": 1, "velocity: address prefix": 1}
+    assert none["requests"] == 0 and none["screened_out_by_reason"] == {}
+
+    async with h.http() as browser:
+        await login(browser)
+        page = (await browser.get("/console/")).text
+    card = page[page.index("Sign-up funnel"):]
+    card = card[:card.index("</section>")]
+    rows = dict(re.findall(r"<td>([^<]+)</td><td class=\"num\">([\d,]+)</td>", card))
+    assert rows == {"sign-up requests (puzzle solved)": "6", "screened out": "3",
+                    "disposable domain": "1", "denied domain": "1",
+                    "velocity: address prefix": "1", "address had an account": "1",
+                    "accepted": "2", "verification mails sent": "2", "waitlisted": "0",
+                    "approved": "0", "denied": "0", "keys issued": "1"}
+
+
+async def test_overview_has_no_funnel_while_signup_is_closed(console):
+    async with console.http() as client:
+        await login(client)
+        page = (await client.get("/console/")).text
+    assert "Sign-up funnel" not in page
+
+
+async def test_overview_chart_zooms_to_the_shortest_window_holding_the_traffic(console):
+    from test_store import make_event
+
+    now = time.time()
+    console.runtime.store.write_events(
+        [make_event(10_000 + i, ts=now - 300 + i, account=f"z{i % 3}") for i in range(90)])
+    async with console.http() as client:
+        await login(client)
+        page = (await client.get("/console/")).text
+    # Ten minutes in 10 s buckets: the two-minute window would cut the traffic off.
+    assert "Per 10 s (times in UTC)." in page
+    assert "requests (total 90)" in page and "active accounts (peak 3)" in page

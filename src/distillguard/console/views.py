@@ -260,14 +260,15 @@ def _overview_traffic(app: Any) -> dict[str, Any]:
     time), from the app's ``TrafficIndex``: a render counts only the last minutes."""
     gateway = app.state.runtime
     index = queries.traffic_index(app)
-    h = index.histogram(gateway, window=ZOOMS[0], buckets=60)
-    end = h["start"] + h["bucket_s"] * len(h["requests"])
+    now = gateway.clock()
+    h = index.histogram(gateway, window=ZOOMS[0], buckets=60, until=now)
     for window in ZOOMS[1:]:
         first = next((i for i, n in enumerate(h["requests"]) if n), None)
+        # The shorter chart's buckets end with the one holding now.
         if not h["complete"] or first is None or \
-                h["start"] + first * h["bucket_s"] < end - window:
+                h["start"] + first * h["bucket_s"] < now - window + window / 60:
             break
-        h = index.histogram(gateway, window=window, buckets=60)
+        h = index.histogram(gateway, window=window, buckets=60, until=now)
     return h
 
 
@@ -300,11 +301,22 @@ def _detection_status(gateway: Any) -> dict[str, Any]:
     }
 
 
-def _signup_funnel(gateway: Any, since: float) -> list[tuple[str, int]] | None:
-    # Shown once the sign-up package runs in this gateway and offers a funnel.
-    signup = getattr(gateway, "signup", None)
-    funnel = getattr(signup, "funnel", None)
-    return list(funnel(since).items()) if callable(funnel) else None
+def _signup_funnel(gateway: Any, since: float) -> dict[str, Any] | None:
+    """The funnel's stages as rows (label, count, a sub-stage?), for gateways that take
+    sign-ups or took some; else None."""
+    f = queries.signup_funnel(gateway, since)
+    if f is None or (f["configured_mode"] == "closed" and not f["requests"]):
+        return None
+    rows = [("sign-up requests (puzzle solved)", f["requests"], False),
+            ("screened out", f["screened_out"], False),
+            *((kind, n, True) for kind, n in f["screened_out_by_reason"].items()),
+            ("address had an account", f["existing"], False),
+            ("accepted", f["accepted"], False),
+            ("verification mails sent", f["verification_mailed"], False),
+            ("waitlisted", f["waitlisted"], False),
+            ("approved", f["approved"], True), ("denied", f["denied"], True),
+            ("keys issued", f["keys_issued"], False)]
+    return {"mode": f["mode"], "rows": rows, "top": max(f["requests"], 1)}
 
 
 @page

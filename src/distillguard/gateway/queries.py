@@ -397,6 +397,16 @@ def acted_since(gateway: Any, since: float, limit: int = 5000) -> dict[str, int]
     return {k: len(v) for k, v in sorted(seen.items(), key=lambda kv: -len(kv[1]))}
 
 
+def signup_funnel(gateway: Any, since: float) -> dict[str, Any] | None:
+    """How far the sign-ups since ``since`` got (``SignupService.funnel``); None when this
+    gateway runs no sign-up store."""
+    signup = getattr(gateway, "signup", None)
+    if signup is None or signup.db is None:
+        return None
+    funnel: dict[str, Any] = signup.funnel(since)
+    return funnel
+
+
 def traffic_index(app: Any) -> TrafficIndex:
     """The app's one ``TrafficIndex`` (on ``app.state``)."""
     index = getattr(app.state, "traffic_index", None)
