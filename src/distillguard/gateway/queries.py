@@ -278,7 +278,7 @@ class TrafficIndex:
                 del self._kept[oldest]
                 self._counted_at.pop(oldest, None)
             kept = self._kept.setdefault(bucket_s, {})
-            for i in [i for i in kept if i < first]:
+            for i in [i for i in kept if not first <= i <= last]:
                 del kept[i]
             missing = [i for i in range(first, settled) if i not in kept]
             wait = None
@@ -293,6 +293,7 @@ class TrafficIndex:
             missing = [i for i in range(first, settled) if i not in kept]
             counts = dict(kept)
         tail_from = settled if len(missing) > INLINE_BUCKETS else min(missing, default=settled)
+        tail_from = max(tail_from, first)  # a short window may have no settled bucket
         if tail_from <= last:
             fresh = self._count(store, bucket_s, tail_from, last + 1, now)
             counts.update(fresh)
