@@ -3,8 +3,9 @@
 Builds a detection state of ``--accounts`` accounts (most with a few requests, a handful
 of harvesters and a sybil swarm with a shared template so that campaigns exist), stores
 their events in SQLite, logs in with the admin token and renders each page ``--repeat``
-times in-process (no network), printing the first render (it may fill the overview's
-histogram cache), then the median and worst of the others, per page. The
+times in-process (no network), printing the first render (a page's templates compile;
+the overview starts counting the day's chart in the background and waits up to
+``queries.FILL_WAIT_S`` for it), then the median and worst of the others, per page. The
 ranking order is built once before timing (its cost is printed: ``RiskIndex`` rebuilds
 it in the background afterwards) and the figures are what an analyst waits for a page.
 
@@ -137,7 +138,7 @@ async def measure(args: argparse.Namespace) -> None:
                     r = await client.get(path)
                     times.append((time.perf_counter() - t) * 1000)
                     assert r.status_code == 200, (path, r.status_code, r.text[:300])
-                # The first render may fill a cache (the overview's day histogram).
+                # The first render compiles templates (and starts the overview's count).
                 first, rest = times[0], times[1:]
                 worst_all = max(worst_all, max(rest))
                 print(f"  {label:<28} {first:>9.1f} {statistics.median(rest):>10.1f} "

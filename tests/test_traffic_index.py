@@ -113,3 +113,28 @@ def test_kept_buckets_are_recounted_in_the_background(tmp_path):
     after = index.histogram(gateway, window=DAY, buckets=60)
     assert sum(after["requests"]) == sum(before["requests"]) + 1
     store.close()
+
+
+def test_warm_starts_the_count_without_waiting_for_it(tmp_path):
+    import time
+
+    store = SQLiteStore(tmp_path)
+    events = _events(random.Random(8), 300, NOW - DAY, NOW)
+    store.write_events(events)
+    counting = Counting(store)
+    counting.hold = threading.Event()
+    gateway = SimpleNamespace(store=counting, clock=lambda: NOW)
+    index = queries.TrafficIndex()
+    started = time.perf_counter()
+    index.warm(gateway, window=DAY, buckets=60)
+    assert time.perf_counter() - started < 5  # the count is held for 10 s
+    # A read while that count runs answers with what is counted.
+    assert not index.histogram(gateway, window=DAY, buckets=60)["complete"]
+    counting.hold.set()
+    for thread in threading.enumerate():
+        if thread.name == "distillguard-traffic-count":
+            thread.join(10)
+    h = index.histogram(gateway, window=DAY, buckets=60)
+    assert h["complete"] and (h["requests"], h["accounts"]) == _brute(
+        events, h["start"], 1440.0, 60, NOW)
+    store.close()

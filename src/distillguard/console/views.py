@@ -221,6 +221,8 @@ async def login(request: Request) -> Response:
         await asyncio.to_thread(_audit_failure, runtime, console, addr, who)
         return _login_page(console, target, "Wrong name, password or admin token.", 403)
     console.throttle.succeeded(addr, who)
+    # The overview comes next: start counting its chart while the browser follows.
+    queries.traffic_index(request.app).warm(runtime, window=ZOOMS[0], buckets=60)
     cookie, _ = await asyncio.to_thread(console.analysts.open_session, analyst,
                                         console.settings.console_session_ttl)
     resp = RedirectResponse(_safe_target(target), 303, headers=HEADERS)

@@ -259,19 +259,10 @@ class TrafficIndex:
         thread.start()
         return thread
 
-    def histogram(self, gateway: Any, *, window: float, buckets: int,
-                  until: float | None = None) -> dict[str, Any]:
-        """The ``buckets`` aligned buckets of ``window / buckets`` seconds that end with
-        the one holding ``until`` (default: the gateway's clock now), as ``histogram``
-        returns them, plus ``complete``: false while the first count is still running
-        (uncounted buckets read 0). The read that starts that count waits for it up to
-        ``FILL_WAIT_S``; reads meanwhile do not wait."""
-        store = gateway.store
-        now = until if until is not None else getattr(gateway, "clock", time.time)()
-        bucket_s = max(1.0, window / buckets)
-        last = math.floor(now / bucket_s)
-        first = last - buckets + 1
-        settled = min(math.floor((now - SETTLE_S) / bucket_s), last + 1)  # exclusive
+    def _prepare(self, store: Any, bucket_s: float, first: int, last: int, settled: int
+                 ) -> tuple[dict[int, tuple[int, int]], threading.Thread | None]:
+        """The kept counts of this width, and the count this call started, if any (of
+        the settled buckets when too many are uncounted, or every ``RECOUNT_S``)."""
         with self._lock:
             if bucket_s not in self._kept and len(self._kept) >= _MAX_SCALES:
                 oldest = next(iter(self._kept))
@@ -281,12 +272,39 @@ class TrafficIndex:
             for i in [i for i in kept if not first <= i <= last]:
                 del kept[i]
             missing = [i for i in range(first, settled) if i not in kept]
-            wait = None
+            started = None
             if len(missing) > INLINE_BUCKETS:
-                wait = self._start_fill(store, bucket_s, first, settled)
+                started = self._start_fill(store, bucket_s, first, settled)
             elif self._clock() - self._counted_at.get(bucket_s, self._clock()) > RECOUNT_S:
                 self._start_fill(store, bucket_s, first, settled)
             self._counted_at.setdefault(bucket_s, self._clock())
+        return kept, started
+
+    @staticmethod
+    def _span(gateway: Any, window: float, buckets: int, until: float | None
+              ) -> tuple[float, float, int, int, int]:
+        now = until if until is not None else getattr(gateway, "clock", time.time)()
+        bucket_s = max(1.0, window / buckets)
+        last = math.floor(now / bucket_s)
+        settled = min(math.floor((now - SETTLE_S) / bucket_s), last + 1)  # exclusive
+        return now, bucket_s, last - buckets + 1, last, settled
+
+    def warm(self, gateway: Any, *, window: float, buckets: int) -> None:
+        """Start counting the window's settled buckets in the background unless they are
+        counted (the console does at log-in, so that the overview finds them counted)."""
+        _, bucket_s, first, last, settled = self._span(gateway, window, buckets, None)
+        self._prepare(gateway.store, bucket_s, first, last, settled)
+
+    def histogram(self, gateway: Any, *, window: float, buckets: int,
+                  until: float | None = None) -> dict[str, Any]:
+        """The ``buckets`` aligned buckets of ``window / buckets`` seconds that end with
+        the one holding ``until`` (default: the gateway's clock now), as ``histogram``
+        returns them, plus ``complete``: false while the first count is still running
+        (uncounted buckets read 0). The read that starts that count waits for it up to
+        ``FILL_WAIT_S``; reads meanwhile do not wait."""
+        store = gateway.store
+        now, bucket_s, first, last, settled = self._span(gateway, window, buckets, until)
+        kept, wait = self._prepare(store, bucket_s, first, last, settled)
         if wait is not None:
             wait.join(FILL_WAIT_S)
         with self._lock:
