@@ -200,7 +200,7 @@ SETTLE_S = 600.0
 # Kept buckets are recounted in the background this often, for events written late
 # (a replay or an import into a live store).
 RECOUNT_S = 900.0
-# A read that finds most of its window uncounted (the first one) waits this long for the
+# A read that finds most of its window uncounted (the first ones) waits this long for the
 # background count, then answers with what is counted and ``complete`` false.
 FILL_WAIT_S = 0.15
 # A read counts this many uncounted settled buckets itself, with its tail.
@@ -249,10 +249,10 @@ class TrafficIndex:
                 self._filling.pop(bucket_s, None)
 
     def _start_fill(self, store: Any, bucket_s: float, first: int, end: int
-                    ) -> threading.Thread | None:
-        """The count it started, or None when one runs already (called under the lock)."""
+                    ) -> threading.Thread:
+        """The count of this width running now, started if none was (under the lock)."""
         if bucket_s in self._filling:
-            return None
+            return self._filling[bucket_s]
         thread = threading.Thread(target=self._fill, args=(store, bucket_s, first, end),
                                   daemon=True, name="distillguard-traffic-count")
         self._filling[bucket_s] = thread
@@ -261,8 +261,9 @@ class TrafficIndex:
 
     def _prepare(self, store: Any, bucket_s: float, first: int, last: int, settled: int
                  ) -> tuple[dict[int, tuple[int, int]], threading.Thread | None]:
-        """The kept counts of this width, and the count this call started, if any (of
-        the settled buckets when too many are uncounted, or every ``RECOUNT_S``)."""
+        """The kept counts of this width and, when too many settled buckets are
+        uncounted, the count of them (started if none runs). Every ``RECOUNT_S`` the
+        kept ones are recounted in the background."""
         with self._lock:
             if bucket_s not in self._kept and len(self._kept) >= _MAX_SCALES:
                 oldest = next(iter(self._kept))
@@ -300,8 +301,7 @@ class TrafficIndex:
         """The ``buckets`` aligned buckets of ``window / buckets`` seconds that end with
         the one holding ``until`` (default: the gateway's clock now), as ``histogram``
         returns them, plus ``complete``: false while the first count is still running
-        (uncounted buckets read 0). The read that starts that count waits for it up to
-        ``FILL_WAIT_S``; reads meanwhile do not wait."""
+        (uncounted buckets read 0). A read waits for that count up to ``FILL_WAIT_S``."""
         store = gateway.store
         now, bucket_s, first, last, settled = self._span(gateway, window, buckets, until)
         kept, wait = self._prepare(store, bucket_s, first, last, settled)
