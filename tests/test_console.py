@@ -204,3 +204,145 @@ async def test_every_page_renders(console, tmp_path):
         assert (await client.get("/console/forensics/..%2F..")).status_code == 404
         assert (await client.get("/console/accounts?action=ban")).status_code == 400
         assert (await client.get("/console/accounts/nobody-here")).status_code == 404
+
+
+async def test_wrong_tokens_lock_the_login_until_the_window_passes(harness_factory):
+    from distillguard.clock import ManualClock
+
+    clock = ManualClock(time.time())
+    h = await harness_factory(clock=clock, console_login_failures=3,
+                              console_login_window=600.0)
+    async with h.http() as client:
+        for _ in range(3):
+            r = await login(client, secret="wrong-token-attempt")
+            assert r.status_code == 403
+        # Even the right token is refused now, with the wait in Retry-After.
+        r = await login(client)
+        assert r.status_code == 429 and "Too many failed log-ins" in r.text
+        assert 590 <= int(r.headers["retry-after"]) <= 600
+        assert "dg_console=" not in r.headers.get("set-cookie", "")
+        clock.advance(clock() + 300)
+        assert (await login(client)).status_code == 429
+        clock.advance(clock() + 301)
+        r = await login(client)
+        assert r.status_code == 303 and "dg_console=" in r.headers["set-cookie"]
+    entries = h.runtime.policy.audit(account="console:login")
+    assert len(entries) == 3 and all(e.op == "console_login_failed" for e in entries)
+    assert "failed log-in as admin from" in entries[0].reason
+    assert "refused for now" in entries[0].reason
+    assert not any("wrong-token-attempt" in e.reason for e in entries)
+
+
+async def test_login_failures_count_per_name_across_addresses_and_per_address(
+        harness_factory):
+    from distillguard.console.auth import AnalystStore
+
+    h = await harness_factory(trust_forwarded_for=True, console_login_failures=2)
+    AnalystStore(h.runtime.settings.data_path).create("ann", "correct horse battery")
+    async with h.http() as client:
+        for i in range(2):  # two addresses guess ann's password
+            client.headers["x-forwarded-for"] = f"198.51.100.{i}"
+            assert (await login(client, "ann", "guess-number-one")).status_code == 403
+        client.headers["x-forwarded-for"] = "198.51.100.9"
+        assert (await login(client, "ann", "correct horse battery")).status_code == 429
+        # The fresh address is not locked out for another name.
+        assert (await login(client)).status_code == 303
+        # One address guessing many names is stopped too.
+        client.headers["x-forwarded-for"] = "2001:db8::1"
+        for name in ("bob", "carol"):
+            assert (await login(client, name, "guess-number-two")).status_code == 403
+        client.headers["x-forwarded-for"] = "2001:db8::2"  # same /64
+        assert (await login(client, "dave", "guess-number-three")).status_code == 429
+
+
+def test_login_throttle_memory_is_bounded_and_rotation_keeps_a_names_count():
+    from distillguard.clock import ManualClock
+    from distillguard.console.auth import LoginThrottle
+
+    clock = ManualClock(1000.0)
+    throttle = LoginThrottle(3, 60.0, clock=clock, max_keys=50, max_audits=4)
+    for i in range(5000):  # rotating addresses and names
+        assert throttle.begin(f"addr{i}", f"name{i}") is None
+    addresses, names = throttle._failures
+    assert len(addresses) == len(names) == 50
+    for i in range(3):
+        assert throttle.begin(f"10.0.0.{i}", "ann") is None
+    assert all(len(t) <= 3 for t in (*addresses.values(), *names.values()))
+    # A name under attack stays recent while it is tried, though 45 other names (fewer
+    # than the table holds) fail between two tries, again and again.
+    for round_ in range(5):
+        for i in range(45):
+            throttle.begin(f"r{round_}-{i}", f"n{round_}-{i}")
+        assert throttle.begin(f"try{round_}", "ann") is not None
+    assert [throttle.may_audit() for _ in range(6)] == [True] * 4 + [False] * 2
+    clock.advance(clock() + 61)
+    assert throttle.may_audit()
+    assert throttle.begin("try-later", "ann") is None
+
+
+async def test_signup_funnel_on_the_overview_and_the_admin_api(harness_factory, tmp_path):
+    from distillguard.testing.mailbox import smtp_server
+    from test_signup import ADMIN, FAST, client, sign_up, token_of
+
+    domains = tmp_path / "domains.txt"
+    domains.write_text("deny evil.example\n")
+    with smtp_server() as mailbox:
+        h = await harness_factory(**FAST, signup_mode="verify", smtp_url=mailbox.url,
+                                  signup_velocity_prefix=4, signup_domains_file=str(domains))
+        async with client(h, addr="192.0.2.10") as http:
+            codes = [(await sign_up(http, email)).status_code for email in (
+                "ada@example.org", "x@sharklasers.com", "y@mx.evil.example",
+                "bob@example.org", "late@example.org")]
+            assert codes == [202, 400, 400, 202, 429]
+            (first, _) = mailbox.wait(2)
+            assert (await http.post("/signup/verify",
+                                    json={"token": token_of(first)})).status_code == 201
+        async with client(h, addr="198.51.100.3") as http:
+            h.runtime.store.create_key("old@example.org")
+            assert (await sign_up(http, "old@example.org")).status_code == 202
+            api = (await http.get("/admin/signup/funnel", headers=ADMIN)).json()
+            bad = await http.get("/admin/signup/funnel?since=soon", headers=ADMIN)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+            none = (await http.get(f"/admin/signup/funnel?since={time.time() + 60}",
+                                   headers=ADMIN)).json()
+    assert api["object"] == "signup.funnel" and api["mode"] == "verify"
+    assert {k: api[k] for k in ("requests", "screened_out", "existing", "accepted",
+                                "verification_mailed", "waitlisted", "keys_issued")} == {
+        "requests": 6, "screened_out": 3, "existing": 1, "accepted": 2,
+        "verification_mailed": 2, "waitlisted": 0, "keys_issued": 1}
+    assert api["screened_out_by_reason"] == {
+        "disposable domain": 1, "denied domain": 1, "velocity: address prefix": 1}
+    assert none["requests"] == 0 and none["screened_out_by_reason"] == {}
+
+    async with h.http() as browser:
+        await login(browser)
+        page = (await browser.get("/console/")).text
+    card = page[page.index("Sign-up funnel"):]
+    card = card[:card.index("</section>")]
+    rows = dict(re.findall(r"<td>([^<]+)</td><td class=\"num\">([\d,]+)</td>", card))
+    assert rows == {"sign-up requests (puzzle solved)": "6", "screened out": "3",
+                    "disposable domain": "1", "denied domain": "1",
+                    "velocity: address prefix": "1", "address had an account": "1",
+                    "accepted": "2", "verification mails sent": "2", "waitlisted": "0",
+                    "approved": "0", "denied": "0", "keys issued": "1"}
+
+
+async def test_overview_has_no_funnel_while_signup_is_closed(console):
+    async with console.http() as client:
+        await login(client)
+        page = (await client.get("/console/")).text
+    assert "Sign-up funnel" not in page
+
+
+async def test_overview_chart_zooms_to_the_shortest_window_holding_the_traffic(console):
+    from test_store import make_event
+
+    now = time.time()
+    console.runtime.store.write_events(
+        [make_event(10_000 + i, ts=now - 300 + i, account=f"z{i % 3}") for i in range(90)])
+    async with console.http() as client:
+        await login(client)
+        page = (await client.get("/console/")).text
+    # Ten minutes in 10 s buckets: the two-minute window would cut the traffic off.
+    assert "Per 10 s (times in UTC)." in page
+    assert "requests (total 90)" in page and "active accounts (peak 3)" in page

@@ -10,6 +10,7 @@ phone's screen.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -52,8 +53,9 @@ def filled(live_server, tmp_path):
     from distillguard.simulate.runner import Traffic
     from distillguard.simulate.scenario import load_scenario
 
-    url, gateway = live_server(trust_forwarded_for=True,
-                               detection_interval=0.5)
+    url, gateway = live_server(trust_forwarded_for=True, detection_interval=0.5,
+                               signup_mode="open", public_url="https://api.example.test",
+                               signup_pow_cost=1)
     path = tmp_path / "browser.toml"
     path.write_text(SCENARIO)
     traffic = Traffic.generate(load_scenario(str(path)))
@@ -67,6 +69,7 @@ def filled(live_server, tmp_path):
             break
         assert time.monotonic() < deadline, f"harvester not ranked first: {top}"
         time.sleep(0.3)
+    asyncio.run(_sign_ups(url))
     report = gateway.settings.data_path / "forensics" / "suspect-student"
     report.mkdir(parents=True)
     (report / "evidence.json").write_text(json.dumps({
@@ -78,6 +81,15 @@ def filled(live_server, tmp_path):
             {"name": "corpus", "p_value": 1.2e-12, "tokens_scored": 48211,
              "empirical_p_value": 0.0099}]}))
     return url, gateway, run, harvester
+
+
+async def _sign_ups(url: str) -> None:
+    """Two sign-ups for the overview's funnel: one key issued, one screened out."""
+    from test_signup import sign_up
+
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await sign_up(http, "new-user@example.org")).status_code == 201
+        assert (await sign_up(http, "x@sharklasers.com")).status_code == 400
 
 
 @pytest.fixture
@@ -140,6 +152,10 @@ def test_analyst_finds_and_blocks_the_harvester(filled, browser, tmp_path):
     assert r.status == 403
     assert not [e for e in gateway.policy.audit(account=other)
                 if e.author.startswith("analyst:")]
+
+    page.goto(url + "/console/")
+    funnel = page.locator("table.funnel").inner_text()
+    assert "keys issued\t1" in funnel and "disposable domain\t1" in funnel, funnel
 
     # Every page at both sizes; none scrolls sideways on the phone.
     campaigns = gateway.detection.campaigns()

@@ -528,3 +528,53 @@ async def test_sign_up_on_postgres(pg_dsn, signup_gateway, mailbox):
         assert models.status_code == 200
     assert harness.runtime.signup.db.name == "postgres"
     assert harness.runtime.signup.signup_evidence(account).domain == "example.org"
+
+
+def _funnel_rows(db):
+    from distillguard.signup.screening import REFUSAL_KINDS
+    from distillguard.signup.store import SignupRequest
+
+    def req(i, ts, decision, reason, state, decided_by=None):
+        db.add_request(SignupRequest(f"sr_{i}", ts, f"u{i}@x.example", f"u{i}@x.example",
+                                     "x.example", "192.0.2.0/24", "fp", decision, reason, 0,
+                                     state, decided_by=decided_by))
+
+    req(0, 50.0, "accepted", "passed screening", "created")  # before `since`
+    req(1, 150.0, "accepted", "passed screening", "created")
+    req(2, 150.0, "accepted", "passed screening", "mailed")
+    req(3, 150.0, "accepted", "passed screening", "waitlisted")
+    req(4, 150.0, "accepted", "passed screening", "created", decided_by="analyst:a")
+    req(5, 150.0, "accepted", "passed screening", "denied", decided_by="analyst:a")
+    req(6, 150.0, "rejected", "domain y.example is a disposable-mail domain (y.example)",
+        "refused")
+    req(7, 150.0, "rejected", "velocity: client fingerprint ab made 9 sign-up attempts in "
+        "the last hour (limit 3)", "refused")
+    req(8, 150.0, "rejected", "something new", "refused")
+    req(9, 150.0, "existing", "address already has an account", "mailed")
+    db.add_token("h1", "verify", request_id="sr_2", account=None, created_at=150.0,
+                 expires_at=1e12)
+    db.add_token("h2", "key", request_id="sr_4", account=None, created_at=150.0,
+                 expires_at=1e12)
+    return db.funnel(100.0, REFUSAL_KINDS)
+
+
+EXPECTED_FUNNEL = {
+    "since": 100.0, "requests": 9, "screened_out": 3,
+    "screened_out_by_reason": {"disposable domain": 1, "velocity: client fingerprint": 1,
+                               "other": 1},
+    "existing": 1, "accepted": 5, "verification_mailed": 1, "waitlisted": 3,
+    "approved": 1, "denied": 1, "keys_issued": 2}
+
+
+def test_funnel_counts_on_sqlite(tmp_path):
+    db = SQLiteSignupStore(tmp_path)
+    assert _funnel_rows(db) == EXPECTED_FUNNEL
+    db.close()
+
+
+def test_funnel_counts_on_postgres(pg_dsn):
+    from distillguard.signup.store import PostgresSignupStore
+
+    db = PostgresSignupStore(pg_dsn)
+    assert _funnel_rows(db) == EXPECTED_FUNNEL
+    db.close()

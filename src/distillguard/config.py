@@ -429,6 +429,13 @@ SETTINGS: tuple[Setting, ...] = (
             "`distillguard forensics --out` wrote (each report a subfolder holding "
             "evidence.json), listed on the console's Forensics page. Empty: "
             "`data_dir/forensics`."),
+    Setting("console_login_failures", int, 5, "Failed console log-ins allowed per client "
+            "address (IPv6: per /64) and, separately, per analyst name (the admin token "
+            "counts as one name) within console_login_window; further attempts get 429 "
+            "until the oldest failure leaves the window, even with the right password.",
+            minimum=1),
+    Setting("console_login_window", float, 900.0, "Seconds over which failed console "
+            "log-ins are counted (default 15 minutes).", above=0),
     # --- end console settings ---
 )
 

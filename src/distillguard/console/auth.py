@@ -5,7 +5,7 @@ HttpOnly, SameSite=Strict cookie; the database keeps only its SHA-256, with the 
 the session's CSRF token and its expiry, so sessions survive a restart, work across
 replicas sharing the folder, and a stolen database opens none of them. Only a successful
 log-in writes a row, and each log-in deletes expired sessions: unauthenticated requests
-cannot grow the file.
+cannot grow the file. ``LoginThrottle`` slows password and token guessing, in memory.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import sqlite3
+import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,6 +147,99 @@ class AnalystStore:
         if token:
             with self._connect() as conn:
                 conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_digest(token),))
+
+
+def client_key(addr: str | None) -> str:
+    """What log-in failures are counted by for a client address: the address, or an IPv6
+    address's /64 (one host's allocation: rotating within it buys nothing)."""
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class LoginThrottle:
+    """Failed log-ins counted per client address and per analyst name over a sliding
+    ``window``; a key with ``limit`` failures in it is refused until the oldest leaves.
+
+    ``begin`` counts an attempt as failed before its password is checked and ``succeeded``
+    takes it back, so that parallel guesses cannot all pass the check at once. Memory is
+    bounded whatever attackers send: addresses and names are two LRUs of at most
+    ``max_keys`` keys each (rotating addresses cannot evict a name's count, and a name
+    under attack stays recent), each key holding at most ``limit`` times. Audit entries
+    for failures are capped at ``max_audits`` per window in all, so that failed log-ins
+    cannot grow the audit log without bound either.
+    """
+
+    def __init__(self, limit: int, window: float, *, clock: Callable[[], float] = time.time,
+                 max_keys: int = 10_000, max_audits: int = 100) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+        self._failures: tuple[OrderedDict[str, deque[float]], ...] = (OrderedDict(),
+                                                                        OrderedDict())
+        self._audits: deque[float] = deque(maxlen=max_audits)
+
+    def _live(self, table: OrderedDict[str, deque[float]], key: str, now: float
+              ) -> deque[float]:
+        times = table.get(key)
+        if times is None:
+            return deque(maxlen=self.limit)
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        return times
+
+    def begin(self, addr: str, name: str) -> float | None:
+        """Seconds to wait when the address or the name is over its limit (nothing is
+        counted then); else None, and the attempt is counted as a failure."""
+        now = self.clock()
+        keys = (addr, name)
+        with self._lock:
+            waits = []
+            for table, key in zip(self._failures, keys):
+                times = self._live(table, key, now)
+                if len(times) >= self.limit:
+                    waits.append(times[0] + self.window - now)
+                    table.move_to_end(key)  # a name under attack stays in the table
+            if waits:
+                return max(max(waits), 1.0)
+            for table, key in zip(self._failures, keys):
+                times = self._live(table, key, now)
+                times.append(now)
+                table[key] = times
+                table.move_to_end(key)
+                while len(table) > self.max_keys:
+                    table.popitem(last=False)
+        return None
+
+    def succeeded(self, addr: str, name: str) -> None:
+        """The attempt ``begin`` counted was right: forget both keys' failures."""
+        with self._lock:
+            for table, key in zip(self._failures, (addr, name)):
+                table.pop(key, None)
+
+    def failures(self, addr: str, name: str) -> int:
+        """The larger of the two keys' failures in the window now."""
+        now = self.clock()
+        with self._lock:
+            return max(len(self._live(t, k, now)) for t, k in zip(self._failures,
+                                                                  (addr, name)))
+
+    def may_audit(self) -> bool:
+        """Whether one more failure may go into the audit log in this window."""
+        now = self.clock()
+        with self._lock:
+            while self._audits and self._audits[0] <= now - self.window:
+                self._audits.popleft()
+            if len(self._audits) == self._audits.maxlen:
+                return False
+            self._audits.append(now)
+            return True
 
 
 def same(a: str | None, b: str | None) -> bool:

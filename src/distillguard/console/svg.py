@@ -18,7 +18,7 @@ SERIES_COLOURS = ("#2563eb", "#d97706", "#059669", "#dc2626")
 
 
 def _clock(ts: float, span: float) -> str:
-    fmt = "%H:%M" if span <= 2 * 86400 else "%m-%d"
+    fmt = "%H:%M:%S" if span <= 900 else "%H:%M" if span <= 2 * 86400 else "%m-%d"
     return time.strftime(fmt, time.gmtime(ts))
 
 

@@ -453,6 +453,12 @@ class DetectionPipeline:
         with self._lock:
             return list(self._accounts)
 
+    def account_count(self) -> int:
+        """How many accounts are tracked (``accounts()`` walks an ordered dict that every
+        request reorders: 0.1-0.3 s at 100,000 accounts)."""
+        with self._lock:
+            return len(self._accounts)
+
     def observed_rpm(self, account: str) -> float | None:
         """The account's mean requests per minute since it was first seen (over at least
         ``OBSERVED_MIN_SPAN_S``), or None for an unseen account. Policy scales

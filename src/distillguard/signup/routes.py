@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from distillguard.gateway import errors
+from distillguard.gateway import errors, queries
 from distillguard.gateway.admin import _require_admin
 from distillguard.gateway.middleware import context_of
 from distillguard.gateway.routes import json_response, read_json, runtime_of
@@ -334,6 +334,22 @@ async def admin_deny(request: Request) -> Response:
     return json_response(req.to_dict())
 
 
+async def admin_funnel(request: Request) -> Response:
+    _require_admin(request)
+    service = service_of(request)
+    raw = request.query_params.get("since")
+    try:
+        since = service.clock() - 86400.0 if raw is None else float(raw)
+    except ValueError:
+        raise errors.InvalidRequest("'since' must be a Unix time in seconds",
+                                    param="since") from None
+    if since != since or since in (float("inf"), float("-inf")):
+        raise errors.InvalidRequest("'since' must be a finite Unix time in seconds",
+                                    param="since")
+    funnel = await asyncio.to_thread(queries.signup_funnel, runtime_of(request), since)
+    return json_response(funnel)
+
+
 async def admin_breaker(request: Request) -> Response:
     _require_admin(request)
     service = service_of(request)
@@ -380,6 +396,7 @@ ROUTES = [
     Route("/admin/signup/waitlist", admin_waitlist, methods=["GET"]),
     Route("/admin/signup/requests/{request_id}/approve", admin_approve, methods=["POST"]),
     Route("/admin/signup/requests/{request_id}/deny", admin_deny, methods=["POST"]),
+    Route("/admin/signup/funnel", admin_funnel, methods=["GET"]),
     Route("/admin/signup/breaker", admin_breaker, methods=["GET"]),
     Route("/admin/signup/breaker/reopen", admin_reopen, methods=["POST"]),
     Route("/admin/signup/evidence/{account}", admin_evidence, methods=["GET"]),

@@ -15,6 +15,15 @@ from distillguard.config import SettingsError
 from distillguard.signup.store import SignupStore
 
 HOUR = 3600.0
+# The sign-up funnel counts refusals by kind: each kind with a LIKE pattern of the
+# reasons below that it covers (a test checks that every refusal matches one).
+REFUSAL_KINDS = (
+    ("disposable domain", "domain % is a disposable-mail domain (%"),
+    ("denied domain", "domain % is denied by the local domain file (%"),
+    ("velocity: address prefix", "velocity: address prefix %"),
+    ("velocity: client fingerprint", "velocity: client fingerprint %"),
+    ("velocity: email domain", "velocity: email domain %"),
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,12 @@ from distillguard.signup.breaker import Breaker, BreakerState
 from distillguard.signup.mail import Mailer, SMTPTarget
 from distillguard.signup.normalize import address_prefix, client_fingerprint, parse_email
 from distillguard.signup.pow import PuzzleError, Puzzles, Solved
-from distillguard.signup.screening import Screening, Verdict, load_domain_file
+from distillguard.signup.screening import (
+    REFUSAL_KINDS,
+    Screening,
+    Verdict,
+    load_domain_file,
+)
 from distillguard.signup.store import (
     SignupEvidence,
     SignupRequest,
@@ -415,6 +420,14 @@ class SignupService:
         self._audit(request.normalised, "signup_denied", f"{reason} [request {request_id}]",
                     author=author)
         return request
+
+    # --- funnel ----------------------------------------------------------------------
+    def funnel(self, since: float) -> dict[str, Any]:
+        """How far the sign-ups since ``since`` got (``SignupStore.funnel``, refusals by
+        screening's kinds), with the mode in force."""
+        return {"object": "signup.funnel", "mode": self.mode(),
+                "configured_mode": self.configured_mode,
+                **self.db.funnel(since, REFUSAL_KINDS)}
 
     # --- evidence --------------------------------------------------------------------
     def signup_evidence(self, account: str) -> SignupEvidence | None:

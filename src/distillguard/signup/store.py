@@ -211,6 +211,37 @@ class SignupStore(abc.ABC):
             args += (value,)
         return int(self._one(sql, args)[0])
 
+    def funnel(self, since: float, refusal_kinds: tuple[tuple[str, str], ...] = ()
+               ) -> dict[str, Any]:
+        """How far the sign-up requests made since ``since`` got, in one pass over them:
+        ``requests`` (attempts with a valid puzzle), ``screened_out`` and
+        ``screened_out_by_reason`` (by the first of ``refusal_kinds``, (kind, LIKE
+        pattern of the reason), that matches; ``other`` if none), ``existing`` (the
+        address had an account), ``accepted``, ``verification_mailed``, ``waitlisted``
+        (ever: waiting, approved or denied), ``approved``, ``denied``, ``keys_issued``.
+        Puzzle challenges are not counted: they are stateless and leave no row."""
+        total = ("SELECT COUNT(*), {} FROM signup_requests WHERE ts >= ?".format(", ".join(
+            f"COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)" for cond in (
+                "decision = 'rejected'", "decision = 'existing'", "decision = 'accepted'",
+                "state = 'waitlisted' OR decided_by IS NOT NULL", "state = 'approved' OR "
+                "(state = 'created' AND decided_by IS NOT NULL)", "state = 'denied'",
+                "state = 'created'"))))
+        row = self._one(total, (since,))
+        case = " ".join("WHEN reason LIKE ? THEN ?" for _ in refusal_kinds)
+        case = f"CASE {case} ELSE 'other' END" if refusal_kinds else "'other'"
+        kinds = self._all(f"SELECT {case} AS kind, COUNT(*) FROM signup_requests WHERE "
+                          "ts >= ? AND decision = 'rejected' GROUP BY kind ORDER BY 2 DESC",
+                          (*(x for k, p in refusal_kinds for x in (p, k)), since))
+        # A verification link is mailed when the request is accepted (never in open
+        # mode); approval mails a link of kind "key", counted as approved.
+        mailed = self._one("SELECT COUNT(*) FROM signup_tokens WHERE kind = 'verify' AND "
+                           "created_at >= ?", (since,))
+        n = [int(v) for v in row]
+        return {"since": since, "requests": n[0], "screened_out": n[1],
+                "screened_out_by_reason": {str(k): int(c) for k, c in kinds},
+                "existing": n[2], "accepted": n[3], "verification_mailed": int(mailed[0]),
+                "waitlisted": n[4], "approved": n[5], "denied": n[6], "keys_issued": n[7]}
+
     # --- tokens ----------------------------------------------------------------------
     def add_token(self, token_hash: str, kind: str, *, request_id: str | None,
                   account: str | None, created_at: float, expires_at: float) -> None:
