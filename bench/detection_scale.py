@@ -5,10 +5,10 @@ benign population of at least the same size (as many accounts, as many exchanges
 ``--scale F`` replays the fraction F of both (F = 1 is the full size). Events are
 synthetic (templated harvest prompts with long outputs, varied short benign prompts,
 simulated time over the last --hours, ending now), carrying the prompt features the
-gateway computes at request time (so the workers read what they read in production), written to a SQLite store and, for
-the 2-worker run, to NATS JetStream through the gateway's publishing path; embeddings
-are off (MiniLM would bound everything at a few hundred prompts/s on this machine; see
-MEASURED.md).
+gateway computes at request time (so the workers read what they read in production),
+written to a SQLite store and, for the 2-worker run, to NATS JetStream through the
+gateway's publishing path; embeddings are off (MiniLM would bound everything at a few
+hundred prompts/s on this machine; see MEASURED.md).
 
 Both runs read the log as the service does: a round (baselines, campaigns, rules) every
 ``--interval`` seconds of wall time, checkpoints on the service's own cadence. One
