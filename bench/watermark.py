@@ -4,6 +4,8 @@
     .venv/bin/python bench/watermark.py --only detector,overhead
     .venv/bin/python bench/watermark.py --prompts 256   # bigger machine
     .venv/bin/python bench/watermark.py --only levers --prompts 8 --new-tokens 100
+    .venv/bin/python bench/watermark.py --only frontier --prompts 8 --new-tokens 150 \
+        --qa 35 --qa-tokens 12 --batch 8 --threads 1
 
 Figures (``levers`` only when asked for: each request lever of issue 10 through the
 local backend's batcher, median p-value and the events' active-token tally):
@@ -17,6 +19,13 @@ local backend's batcher, median p-value and the events' active-token tally):
   p < 1e-3 (the p-value the detector reports, corrected for 16 cohorts), both again
   after replacing 10% and 25% of tokens at random, and perplexity under the model of
   watermarked vs plain responses.
+* frontier (only when asked for): on the same prompts, model and temperature (0.7), our
+  green list at δ 1-4 and exponential scheme against SynthID-Text and transformers'
+  ``WatermarkingConfig`` (both through ``model.generate``) and unwatermarked text from
+  either loop: tokens to p <= 1e-6 (median, 90th percentile), perplexity under the
+  unwatermarked model, accuracy on the fixed QA set ``bench/data/factual_qa.json``
+  (``bench/make_factual_qa.py``), and each watermark's own cost per token. SynthID is
+  scored with its mean g-value and an exact binomial tail, checked on human text.
 """
 
 from __future__ import annotations
@@ -785,6 +794,8 @@ def bench_synthid_null(tok, processor, key_sets: int = 20, chunk: int = 200,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32, help="prompts for the power run")
+    parser.add_argument("--skip-prompts", type=int, default=0,
+                        help="leave out the first N ShareGPT prompts (a second sample)")
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--detector-tokens", type=int, default=1_000_000)
@@ -818,7 +829,8 @@ def main() -> None:
     torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     if parts & {"overhead", "calibration", "power", "levers", "frontier"}:
         tok, model = load_model(args.model)
-        prompts = sharegpt_prompts(max(args.prompts, 16))
+        prompts = sharegpt_prompts(args.skip_prompts + max(args.prompts, 16))
+        prompts = prompts[args.skip_prompts:]
         if "overhead" in parts:
             bench_overhead(model, tok, prompts)
         if "calibration" in parts:
