@@ -656,7 +656,6 @@ def bench_frontier(model, tok, prompts: list[str], new_tokens: int, batch: int,
                 {"name": "SynthID-Text (transformers)", "loop": "hf", "config": synthid_config},
                 {"name": "transformers WatermarkingConfig δ=2", "loop": "hf",
                  "config": hf_kgw_config}]
-    outputs: dict[str, list[list[int]]] = {}
     for m in methods:
         log(f"frontier: {m['name']}...")
         began = time.perf_counter()
@@ -687,7 +686,6 @@ def bench_frontier(model, tok, prompts: list[str], new_tokens: int, batch: int,
             m["out"] = hf_generate(model, tok, prompts, new_tokens, temperature, batch, config)
             m["answers"] = hf_generate(model, tok, questions, qa_tokens, temperature, batch,
                                        config, seed=10_000)
-        outputs[m["name"]] = m["out"]
         log(f"  {time.perf_counter() - began:.0f} s")
     # Detection: each method's own detector, prefix by prefix.
     ours_plain = methods[0]
