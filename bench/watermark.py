@@ -4,6 +4,8 @@
     .venv/bin/python bench/watermark.py --only detector,overhead
     .venv/bin/python bench/watermark.py --prompts 256   # bigger machine
     .venv/bin/python bench/watermark.py --only levers --prompts 8 --new-tokens 100
+    .venv/bin/python bench/watermark.py --only frontier --prompts 8 --new-tokens 150 \
+        --qa 35 --qa-tokens 12 --batch 8 --threads 1
 
 Figures (``levers`` only when asked for: each request lever of issue 10 through the
 local backend's batcher, median p-value and the events' active-token tally):
@@ -17,6 +19,13 @@ local backend's batcher, median p-value and the events' active-token tally):
   p < 1e-3 (the p-value the detector reports, corrected for 16 cohorts), both again
   after replacing 10% and 25% of tokens at random, and perplexity under the model of
   watermarked vs plain responses.
+* frontier (only when asked for): on the same prompts, model and temperature (0.7), our
+  green list at δ 1-4 and exponential scheme against SynthID-Text and transformers'
+  ``WatermarkingConfig`` (both through ``model.generate``) and unwatermarked text from
+  either loop: tokens to p <= 1e-6 (median, 90th percentile), perplexity under the
+  unwatermarked model, accuracy on the fixed QA set ``bench/data/factual_qa.json``
+  (``bench/make_factual_qa.py``), and each watermark's own cost per token. SynthID is
+  scored with its mean g-value and an exact binomial tail, checked on human text.
 """
 
 from __future__ import annotations
@@ -27,12 +36,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # "one core" for the detector fig
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import unicodedata  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy import special  # noqa: E402
 
 from distillguard import sharegpt  # noqa: E402
 from distillguard.config import Secret, Settings  # noqa: E402
@@ -87,12 +102,13 @@ def bench_detector(tokens: int) -> None:
 
 # ----- model helpers -------------------------------------------------------------------
 
-def load_model():
+def load_model(path: str | None = None):
+    """The embedded model (converted once into the cache), or the folder ``path``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distillguard.backends.model_cache import ensure_converted
 
-    path = ensure_converted()
+    path = path or ensure_converted()
     tok = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.eval()
@@ -417,9 +433,367 @@ def bench_power(model, tok, prompts: list[str], new_tokens: int, batch: int,
         print(f"| {name} | {ppl:.2f} | {length:.0f} |")
 
 
+# ----- frontier ------------------------------------------------------------------------
+
+FRONTIER_DELTAS = (1.0, 2.0, 3.0, 4.0)
+FRONTIER_P = 1e-6
+QA_PATH = Path(__file__).with_name("data") / "factual_qa.json"
+# SynthID-Text: 30 tournament layers (the paper's default depth) and 5-grams, as in
+# transformers' documentation; keys from a fixed seed (they are this bench's secret).
+SYNTHID_NGRAM = 5
+SYNTHID_DEPTH = 30
+HF_KGW_KEY = 15485863  # transformers' default hashing key
+
+
+def load_factual_qa(limit: int | None = None) -> list[dict]:
+    """The fixed QA set (``bench/make_factual_qa.py`` says where it comes from), or
+    ``limit`` of its questions evenly spaced over it."""
+    items = json.loads(QA_PATH.read_text())["items"]
+    if not limit or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]  # evenly spaced
+
+
+def _fold(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text)
+                   if not unicodedata.combining(c))
+
+
+def qa_correct(item: dict, reply: str) -> bool:
+    """A capital as a whole word (case and accents ignored), a symbol as a whole word
+    with its case."""
+    answer = re.escape(_fold(item["answer"]))
+    if item["kind"] == "symbol":
+        return re.search(rf"(?<![A-Za-z]){answer}(?![a-z])", _fold(reply)) is not None
+    return re.search(rf"\b{answer}\b", _fold(reply), flags=re.I) is not None
+
+
+def synthid_config(seed: int = 0):
+    from transformers import SynthIDTextWatermarkingConfig
+
+    rng = np.random.default_rng(seed)
+    keys = [int(k) for k in rng.integers(1, 1000, SYNTHID_DEPTH)]
+    return SynthIDTextWatermarkingConfig(ngram_len=SYNTHID_NGRAM, keys=keys)
+
+
+def hf_kgw_config():
+    from transformers import WatermarkingConfig
+
+    return WatermarkingConfig(greenlist_ratio=0.25, bias=2.0, hashing_key=HF_KGW_KEY,
+                              seeding_scheme="lefthash", context_width=1)
+
+
+@torch.inference_mode()
+def hf_generate(model, tok, prompts: list[str], new_tokens: int, temperature: float,
+                batch: int, config=None, seed: int = 0) -> list[list[int]]:
+    """``model.generate`` sampling at ``temperature`` (no top-k, top-p 1), with
+    ``config`` as its ``watermarking_config``; the new tokens of each prompt, up to EOS."""
+    eos = tok.eos_token_id
+    outputs: list[list[int]] = []
+    for start in range(0, len(prompts), batch):
+        rows = [prompt_ids(tok, p) for p in prompts[start:start + batch]]
+        width = max(len(r) for r in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        torch.manual_seed(seed + start)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True,
+                             temperature=temperature, top_k=0, top_p=1.0,
+                             max_new_tokens=new_tokens, pad_token_id=pad,
+                             watermarking_config=config)
+        for row in out[:, width:].tolist():
+            outputs.append(row[:row.index(eos)] if eos in row else row)
+    return outputs
+
+
+def _first_reaching(p: np.ndarray, offset: int, alpha: float = FRONTIER_P) -> float:
+    """Tokens of the response when prefix p-values ``p`` (entry i covers ``offset + i + 1``
+    tokens) first reach ``alpha``; inf when they never do."""
+    hit = np.flatnonzero(p <= alpha)
+    return float(offset + hit[0] + 1) if len(hit) else float("inf")
+
+
+def ours_prefix(service: WatermarkService, record: dict, tokens: list[int],
+                corrected: bool = True) -> np.ndarray:
+    """Prefix p-values under the record's key, corrected for every key x cohort tried
+    (as ``wm detect`` reports them) unless ``corrected`` is False."""
+    key = service.ring.get(record["key_id"])
+    part = service.partition(key, record["scheme"], record["cohort"])
+    p = detector.prefix_p_values(tokens, service.scheme, part)
+    if not corrected:
+        return p
+    tests = sum(k.cohorts for k in service.ring)
+    return np.array([detector.sidak(float(x), tests) for x in p])
+
+
+def synthid_prefix(processor, tokens: list[int]) -> np.ndarray:
+    """Prefix p-values of SynthID-Text's mean score (the mean g-value over scored n-grams
+    and layers; n-grams whose context came earlier are masked, as at generation).
+
+    With the keyed hash modelled as random, every g-value of unwatermarked text is a
+    draw from the 0/1 sampling table, so the g-value sum over N draws is
+    Binomial(N, table mean) and the p-value is its exact upper tail; entry ``i`` covers
+    ``ngram_len + i`` tokens.
+    """
+    if len(tokens) < processor.ngram_len:
+        return np.ones(0)
+    ids = torch.tensor([tokens])
+    keep = processor.compute_context_repetition_mask(ids)
+    return _synthid_p(processor, ids, keep)[0]
+
+
+def _synthid_p(processor, ids: torch.Tensor, keep: torch.Tensor) -> np.ndarray:
+    """Prefix p-values ``[rows, positions]`` of the mean score for a batch of rows."""
+    g = processor.compute_g_values(ids).double()  # [rows, positions, depth]
+    keep = keep.double()
+    sums = np.cumsum((g.sum(2) * keep).numpy(), axis=1)
+    counts = np.cumsum(keep.numpy() * g.shape[2], axis=1).astype(np.int64)
+    q = float(processor.sampling_table.double().mean())
+    with np.errstate(invalid="ignore"):
+        p = special.bdtrc(np.rint(sums) - 1, counts, q)
+    return np.where((counts > 0) & (sums > 0), np.clip(p, 0.0, 1.0), 1.0)
+
+
+def hf_kgw_prefix(det, tokens: list[int]) -> np.ndarray:
+    """Prefix p-values of transformers' ``WatermarkDetector`` (repeated n-grams counted
+    once): its own green test per n-gram, z-score and normal-tail p-value, computed
+    once per prefix; the full-length value is checked against calling the detector."""
+    width = det.processor.context_width
+    seen: set[tuple[int, ...]] = set()
+    green = np.zeros(max(len(tokens) - width, 0))
+    counted = np.zeros_like(green)
+    for i in range(width, len(tokens)):
+        gram = tuple(tokens[i - width:i + 1])
+        if gram in seen:
+            continue
+        seen.add(gram)
+        counted[i - width] = 1
+        green[i - width] = bool(det._get_ngram_score(torch.tensor(gram[:-1]), gram[-1]))
+    if not len(green):
+        return np.ones(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = det._compute_z_score(np.cumsum(green), np.cumsum(counted))
+    p = np.asarray(det._compute_pval(z), dtype=float)
+    if tokens[0] != det.bos_token_id:
+        full = det(torch.tensor([tokens]), return_dict=True).p_value[0]
+        assert abs(float(full) - p[-1]) <= 1e-9 * max(1.0, float(full)), (full, p[-1])
+    return p
+
+
+def _quantile_tokens(needed: list[float], q: float, limit: int) -> str:
+    """Nearest-rank quantile of tokens needed; ">limit" when it was not reached."""
+    ranked = sorted(needed)
+    value = ranked[max(0, math.ceil(q * len(ranked)) - 1)]
+    return f">{limit}" if value == float("inf") else f"{value:.0f}"
+
+
+@torch.inference_mode()
+def watermark_costs(model, tok, prompts: list[str], starts: list[list[int]],
+                    methods: list[dict], temperature: float, vocab: int) -> dict[str, float]:
+    """Seconds per token (one row) each watermark adds, fastest of 3 repeats.
+
+    On real contexts (prompt plus the first 20 tokens of an unwatermarked answer) and
+    real logits: our samplers' bias + draw against the plain sampler's draw (``plain``);
+    transformers' processors called on the batch after the temperature, per row.
+    """
+    rows = [prompt_ids(tok, p) + s[:20] for p, s in zip(prompts, starts, strict=True)]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[tok.pad_token_id or 0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                   logits_to_keep=1).logits[:, -1, :].float()
+    contexts = [np.asarray(r, dtype=np.int64) for r in rows]
+
+    def ours(sampler, loops: int = 8) -> float:
+        best = float("inf")
+        for rep in range(5):
+            gen = torch.Generator().manual_seed(rep)
+            began = time.perf_counter()
+            for _ in range(loops):
+                for i, ctx in enumerate(contexts):
+                    biased = sampler.bias_row(ctx, logits[i], max(1.0, temperature))
+                    sampler.draw_row(ctx, biased / temperature, False, gen)
+            best = min(best, time.perf_counter() - began)
+        return best / (loops * len(contexts))
+
+    def processor(config) -> float:
+        proc = config.construct_processor(vocab, "cpu")
+        proc(ids, logits / temperature)  # a first call sets up SynthID's state
+        best = float("inf")
+        for rep in range(3):
+            grown = torch.cat([ids, ids[:, -1 - rep:][:, :1]], 1)
+            began = time.perf_counter()
+            proc(grown, logits / temperature)
+            best = min(best, time.perf_counter() - began)
+        return best / len(contexts)
+
+    ours(PlainSampler(), 1)  # warm up
+    mine = {m["name"]: ours(m["sampler"]) for m in methods if "scheme" in m}
+    costs = {"plain": min(ours(PlainSampler()), ours(PlainSampler()))}
+    costs.update({name: t - costs["plain"] for name, t in mine.items()})
+    for m in methods:
+        if m.get("config_obj") is not None:
+            costs[m["name"]] = processor(m["config_obj"])
+    return costs
+
+
+def bench_frontier(model, tok, prompts: list[str], new_tokens: int, batch: int,
+                   qa_limit: int | None, qa_tokens: int, temperature: float = 0.7) -> None:
+    """Every watermark on the same prompts, model and temperature: tokens to p <= 1e-6,
+    perplexity under the unwatermarked model, QA accuracy and generation overhead."""
+    from transformers import WatermarkDetector
+
+    qa = load_factual_qa(qa_limit)
+    questions = [item["question"] for item in qa]
+    vocab = model.config.vocab_size
+    methods: list[dict] = [{"name": "unwatermarked (our sampler)", "loop": "ours"}]
+    for delta in FRONTIER_DELTAS:
+        methods.append({"name": f"ours greenlist δ={delta:g}", "loop": "ours",
+                        "scheme": "greenlist", "set": {"watermark_delta": delta}})
+    methods.append({"name": "ours exponential", "loop": "ours", "scheme": "exponential"})
+    methods += [{"name": "unwatermarked (transformers generate)", "loop": "hf"},
+                {"name": "SynthID-Text (transformers)", "loop": "hf", "config": synthid_config},
+                {"name": "transformers WatermarkingConfig δ=2", "loop": "hf",
+                 "config": hf_kgw_config}]
+    for m in methods:
+        log(f"frontier: {m['name']}...")
+        began = time.perf_counter()
+        timings: dict = {}
+        if m["loop"] == "ours":
+            service = None
+            if "scheme" in m:
+                OVERRIDES.clear()
+                OVERRIDES.update({k: str(v) for k, v in m.get("set", {}).items()})
+                service = service_for(m["scheme"])
+                OVERRIDES.clear()
+                pairs = [service.sampler_for(f"frontier-{i}") for i in range(len(prompts))]
+                qa_samplers = [service.sampler_for(f"frontier-qa-{i}")[0]
+                               for i in range(len(qa))]
+            else:
+                pairs = [(PlainSampler(), None)] * len(prompts)
+                qa_samplers = [PlainSampler()] * len(qa)
+            m["service"], m["records"] = service, [r for _, r in pairs]
+            m["sampler"] = pairs[0][0]
+            m["out"] = generate(model, tok, prompts, [s for s, _ in pairs], new_tokens,
+                                temperature, batch, timings)
+            m["timings"] = timings
+            m["answers"] = generate(model, tok, questions, qa_samplers, qa_tokens,
+                                    temperature, batch)
+        else:
+            config = m["config"]() if "config" in m else None
+            m["config_obj"] = config
+            m["out"] = hf_generate(model, tok, prompts, new_tokens, temperature, batch, config)
+            m["answers"] = hf_generate(model, tok, questions, qa_tokens, temperature, batch,
+                                       config, seed=10_000)
+        log(f"  {time.perf_counter() - began:.0f} s")
+    # Detection: each method's own detector, prefix by prefix.
+    ours_plain = methods[0]
+    hf_plain = next(m for m in methods if m["loop"] == "hf" and "config" not in m)
+    plain_texts = ours_plain["out"] + hf_plain["out"]
+    for m in methods:
+        if "scheme" in m:
+            service = m["service"]
+            needed = [_first_reaching(ours_prefix(service, r, t), 0)
+                      for r, t in zip(m["records"], m["out"], strict=True)]
+            single = [_first_reaching(ours_prefix(service, r, t, corrected=False), 0)
+                      for r, t in zip(m["records"], m["out"], strict=True)]
+            m["single_median"] = _quantile_tokens(single, 0.5, new_tokens)
+            null = [service.detect_tokens(t)["p_value"] if t else 1.0 for t in plain_texts]
+        elif m.get("config_obj") is not None and m["name"].startswith("SynthID"):
+            proc = m["config_obj"].construct_processor(vocab, "cpu")
+            needed = [_first_reaching(synthid_prefix(proc, t), SYNTHID_NGRAM - 1)
+                      for t in m["out"]]
+            null = [float(synthid_prefix(proc, t)[-1]) if len(t) >= SYNTHID_NGRAM else 1.0
+                    for t in plain_texts]
+            m["synthid_proc"] = proc
+        elif m.get("config_obj") is not None:
+            det = WatermarkDetector(model.config, "cpu", m["config_obj"],
+                                    ignore_repeated_ngrams=True)
+            needed = [_first_reaching(hf_kgw_prefix(det, t), 1) for t in m["out"]]
+            null = [float(hf_kgw_prefix(det, t)[-1]) if len(t) > 1 else 1.0
+                    for t in plain_texts]
+        else:
+            continue
+        m["needed"], m["null"] = needed, null
+    # Overhead: the watermark's own cost per token against an unwatermarked decode step.
+    rows = min(batch, len(prompts))
+    step = min(ours_plain["timings"]["forward"][1:] or ours_plain["timings"]["forward"])
+    costs = watermark_costs(model, tok, prompts[:rows], ours_plain["out"][:rows], methods,
+                            temperature, vocab)
+    plain_row = costs.pop("plain")
+    for m in methods:
+        extra = costs.get(m["name"])
+        m["extra_ms"] = None if extra is None else extra * 1e3
+        m["overhead"] = None if extra is None else rows * extra / (step + rows * plain_row)
+    lengths = statistics.median(len(t) for t in ours_plain["out"])
+    print(f"\n## Detectability / quality frontier ({len(prompts)} ShareGPT prompts, up to "
+          f"{new_tokens} new tokens, temperature {temperature} for every method, batch "
+          f"{batch}; QA: {len(qa)} questions of bench/data/factual_qa.json, up to "
+          f"{qa_tokens} tokens, one sample each; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores)")
+    print(f"median unwatermarked response length {lengths:.0f} tokens; tokens are counted "
+          f"from the first response token, detection on the response's token ids alone")
+    print(f"decode step at batch {rows} (fastest, unwatermarked): {step * 1e3:.0f} ms; "
+          f"the plain sampler {plain_row * 1e3:.2f} ms per row")
+    print("| method | tokens to p ≤ 1e-6, median | p90 | reached | perplexity | QA correct "
+          f"| watermark ms per token | overhead at batch {rows} | "
+          "unwatermarked texts with p ≤ 0.01 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for m in methods:
+        ppl = perplexity(model, tok, prompts, m["out"])
+        right = sum(qa_correct(item, tok.decode(a, skip_special_tokens=True))
+                    for item, a in zip(qa, m["answers"], strict=True))
+        if "needed" in m:
+            reached = sum(n != float("inf") for n in m["needed"])
+            det = (f"{_quantile_tokens(m['needed'], 0.5, new_tokens)} | "
+                   f"{_quantile_tokens(m['needed'], 0.9, new_tokens)} | "
+                   f"{reached}/{len(m['needed'])}")
+            null = f"{sum(p <= 0.01 for p in m['null'])}/{len(m['null'])}"
+        else:
+            det, null = "- | - | -", "-"
+        cost = ("- | reference" if m["extra_ms"] is None
+                else f"{m['extra_ms']:.2f} | {m['overhead']:.1%}")
+        print(f"| {m['name']} | {det} | {ppl:.2f} | {right}/{len(qa)} | {cost} | {null} |",
+              flush=True)
+    print("\nours: p-values as `wm detect` reports them, corrected for the 16 cohort keys; "
+          "one key (uncorrected), median tokens: " + ", ".join(
+              f"{m['name'].removeprefix('ours ')} {m['single_median']}"
+              for m in methods if "single_median" in m))
+    synthid = next(m for m in methods if "synthid_proc" in m)
+    bench_synthid_null(tok, synthid["synthid_proc"])
+
+
+def bench_synthid_null(tok, processor, key_sets: int = 20, chunk: int = 200,
+                       pieces_max: int = 250) -> None:
+    """Calibration of the SynthID mean-score p-value on human text under many key sets."""
+    from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor
+
+    docs = [tok(t, add_special_tokens=False)["input_ids"] for t in human_texts()]
+    pieces = [d[i:i + chunk] for d in docs for i in range(0, len(d) - chunk + 1, chunk)]
+    ids = torch.tensor(pieces[:pieces_max])
+    keep = processor.compute_context_repetition_mask(ids)  # does not depend on the keys
+    ps = []
+    for k in range(key_sets):
+        keys = [int(x) for x in np.random.default_rng(100 + k).integers(1, 1000,
+                                                                          SYNTHID_DEPTH)]
+        proc = SynthIDTextWatermarkLogitsProcessor(
+            ngram_len=processor.ngram_len, keys=keys,
+            sampling_table_size=len(processor.sampling_table), sampling_table_seed=0,
+            context_history_size=1024, device="cpu")
+        ps.append(_synthid_p(proc, ids, keep)[:, -1])
+    ps_arr = np.concatenate(ps)
+    print(f"\nSynthID mean-score p-value on human text ({len(ids)} licence-text pieces of "
+          f"{chunk} tokens x {key_sets} key sets = {len(ps_arr)} tests): share p ≤ 1e-2 "
+          f"{np.mean(ps_arr <= 1e-2):.4f}, ≤ 1e-3 {np.mean(ps_arr <= 1e-3):.4f}, smallest "
+          f"{ps_arr.min():.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32, help="prompts for the power run")
+    parser.add_argument("--skip-prompts", type=int, default=0,
+                        help="leave out the first N ShareGPT prompts (a second sample)")
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--detector-tokens", type=int, default=1_000_000)
@@ -430,6 +804,15 @@ def main() -> None:
                         help="schemes for the power run, comma-separated")
     parser.add_argument("--levers", default=",".join(LEVERS),
                         help=f"request levers for the levers part: {', '.join(LEVERS)}")
+    parser.add_argument("--qa", type=int, default=0,
+                        help="frontier: N questions evenly spaced over the QA set (0: all)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for the model parts (0: one per core; 1 is "
+                             "much faster on a machine that other jobs share)")
+    parser.add_argument("--qa-tokens", type=int, default=24,
+                        help="frontier: new tokens per QA answer")
+    parser.add_argument("--model", default=None,
+                        help="model folder instead of the embedded model (tests)")
     parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                         help="watermark setting for the power run, e.g. watermark_delta=3")
     args = parser.parse_args()
@@ -441,10 +824,11 @@ def main() -> None:
     print("# Watermark benchmark")
     if "detector" in parts:
         bench_detector(args.detector_tokens)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if parts & {"overhead", "calibration", "power", "levers"}:
-        tok, model = load_model()
-        prompts = sharegpt_prompts(max(args.prompts, 16))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
+    if parts & {"overhead", "calibration", "power", "levers", "frontier"}:
+        tok, model = load_model(args.model)
+        prompts = sharegpt_prompts(args.skip_prompts + max(args.prompts, 16))
+        prompts = prompts[args.skip_prompts:]
         if "overhead" in parts:
             bench_overhead(model, tok, prompts)
         if "calibration" in parts:
@@ -452,6 +836,9 @@ def main() -> None:
         if "levers" in parts:
             bench_levers(model, tok, prompts[:args.prompts], args.new_tokens,
                          args.schemes.split(","), args.levers.split(","))
+        if "frontier" in parts:
+            bench_frontier(model, tok, prompts[:args.prompts], args.new_tokens, args.batch,
+                           args.qa or None, args.qa_tokens)
         if "power" in parts:
             bench_power(model, tok, prompts[:args.prompts], args.new_tokens, args.batch,
                         args.schemes.split(","))
