@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distillguard.detection.campaigns import Campaign, Profile, find_campaigns
-from distillguard.detection.features import flat_features
+from distillguard.detection.features import flat_features, hash64
 from distillguard.detection.signals import (
     GROUPS,
     Baseline,
@@ -56,6 +56,7 @@ from distillguard.detection.signals import (
 if TYPE_CHECKING:
     from distillguard.config import Settings
     from distillguard.detection.embedder import Embedder
+    from distillguard.detection.sketch import PromptSketch
     from distillguard.telemetry.events import RequestEvent
 
 log = logging.getLogger("distillguard.detection")
@@ -183,15 +184,16 @@ class DetectionPipeline:
     ``signup_evidence`` (optional) returns the sign-up records (objects or dicts with
     ``account``, ``domain``, ``prefix``, ``fingerprint``, ``ts``) that link accounts made
     together; campaigns then reach those accounts. ``embedder`` (optional) enables the
-    coverage signal and the embedding half of the elicitation judge; ``topic_map``
-    (unit centroids, k x d) defaults to the shipped map
-    when an embedder is given. ``store`` (optional) lets campaigns read key creation
-    times. ``clock`` is for tests.
+    coverage and prompt-distribution signals and the embedding half of the elicitation
+    judge; ``topic_map`` (unit centroids, k x d) and ``prompt_reference``
+    (``detection.sketch``) default to the shipped ones when an embedder is given.
+    ``store`` (optional) lets campaigns read key creation times. ``clock`` is for tests.
     """
 
     def __init__(self, settings: Settings | None = None, *,
                  signals: Sequence[str] | None = None, embedder: Embedder | None = None,
                  topic_map: np.ndarray | None = None, store: Any = None,
+                 prompt_reference: PromptSketch | None = None,
                  clock: Callable[[], float] = time.time,
                  signup_evidence: Callable[[], Iterable[Any]] | None = None) -> None:
         from distillguard.detection.elicitation import Elicitation
@@ -219,6 +221,20 @@ class DetectionPipeline:
             if s.name == "coverage":
                 s.n_topics = n_topics  # type: ignore[attr-defined]
         self.elicitation = Elicitation(embedder)
+        # The prompt-distribution test: each embedding's random Fourier features, once.
+        self.sketch = prompt_reference
+        if embedder is not None and prompt_reference is None:
+            from distillguard.detection.sketch import load_reference
+
+            self.sketch = load_reference()
+        if self.sketch is not None and (embedder is None
+                                        or self.sketch.w.shape[1] != embedder.dim):
+            self.sketch = None  # no embeddings, or a reference from another space
+        for s in self.signals:
+            if s.name == "prompt_distribution":
+                s.reference = self.sketch  # type: ignore[attr-defined]
+        sample = settings.detection_embedding_sample if settings is not None else 1.0
+        self._sample_cut = int(round(sample * 1024))
         self.store = store
         self.signup_evidence = signup_evidence
         self.clock = clock
@@ -227,8 +243,10 @@ class DetectionPipeline:
         self._baselines: dict[str, Baseline] = {}
         self._campaigns: list[Campaign] = []
         self._campaign_of: dict[str, Campaign] = {}
-        # digest of the prompt -> (topic, elicits, embedding); repeated prompts pay once.
-        self._info: OrderedDict[int, tuple[int, bool, np.ndarray | None]] = OrderedDict()
+        # digest of the prompt -> (topic, elicits, embedding, sketch features); repeated
+        # prompts pay once.
+        self._info: OrderedDict[int, tuple[int, bool, np.ndarray | None,
+                                           np.ndarray | None]] = OrderedDict()
         # For the console's detection lag: when the last round ran (wall clock) and the
         # arrival time of the newest event observed.
         self.refreshed_at: float | None = None
@@ -250,18 +268,27 @@ class DetectionPipeline:
         return cls(settings, embedder=embedder, store=store)
 
     # --- observing ---------------------------------------------------------------------
+    def sampled(self, text: str) -> bool:
+        """Whether ``text`` is in the embedded sample (``detection_embedding_sample``)."""
+        return self._sample_cut >= 1024 or (hash64(text) & 1023) < self._sample_cut
+
     def _prompt_info(self, text: str, embedding: np.ndarray | None = None
-                     ) -> tuple[int, bool, np.ndarray | None]:
+                     ) -> tuple[int, bool, np.ndarray | None, np.ndarray | None]:
         key = hash(text)
         info = self._info.get(key)
         if info is not None:
             return info
-        if embedding is None and self.embedder is not None and text:
+        if (embedding is None and self.embedder is not None and text
+                and self.sampled(text)):
             embedding = self.embedder.embed([text])[0]
         topic = -1
-        if embedding is not None and self.topic_map is not None:
-            topic = int(np.argmax(self.topic_map @ embedding))
-        info = (topic, self.elicitation.elicits(text, embedding), embedding)
+        phi = None
+        if embedding is not None:
+            if self.topic_map is not None:
+                topic = int(np.argmax(self.topic_map @ embedding))
+            if self.sketch is not None:
+                phi = self.sketch.features(embedding)
+        info = (topic, self.elicitation.elicits(text, embedding), embedding, phi)
         self._info[key] = info
         if len(self._info) > _INFO_CACHE:
             self._info.popitem(last=False)
@@ -301,8 +328,8 @@ class DetectionPipeline:
         # Without embeddings the features already hold all a prompt says (the cue
         # judge ran where the event was built).
         text = self.embed_text(event, raw) if self.embedder is not None else ""
-        topic, elicits, emb = (self._prompt_info(text, embedding) if text
-                               else (-1, False, None))
+        topic, elicits, emb, phi = (self._prompt_info(text, embedding) if text
+                                    else (-1, False, None, None))
         return EventFeatures(
             event=event, ts=event.ts, end_ts=event.ts + event.latency_ms / 1000.0,
             ok=event.status == 200, params_key=_params_key(params),
@@ -312,7 +339,7 @@ class DetectionPipeline:
             bands=tuple(raw.get("bands") or ()), topic=topic, embedding=emb,
             elicits=bool(raw.get("elicit")) or elicits,
             wrappers=tuple(raw.get("wrap") or ()), tools=int(raw.get("tools") or 0),
-            raw=raw)
+            raw=raw, sketch=phi)
 
     def observe(self, event: RequestEvent) -> None:
         """Update the event's account with one event (unauthenticated events are skipped)."""
@@ -329,7 +356,7 @@ class DetectionPipeline:
             for e in events:
                 if e.account is not None and e.prompt and e.status == 200:
                     t = self.embed_text(e, self.raw_features(e))
-                    if t and hash(t) not in self._info:
+                    if t and hash(t) not in self._info and self.sampled(t):
                         texts.append(t)
             if texts:
                 texts = list(dict.fromkeys(texts))
