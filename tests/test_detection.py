@@ -297,3 +297,13 @@ def test_a_user_who_shares_only_a_question_with_a_swarm_is_not_in_its_core():
     assert len(swarm.core) >= 5
     benign = [a for n, a in rec.acct.items() if not n.startswith("sybil")]
     assert all(a.first_action is None for a in benign)
+
+
+def test_memoised_params_key_tells_apart_values_that_compare_equal():
+    from distillguard.detection.pipeline import _params_key, _params_key_cached
+
+    for params in ({"temperature": 1}, {"temperature": 1.0}, {"temperature": True},
+                   {"max_tokens": 64, "stop": ["\n"]}, {"user": "u1", "temperature": 0.7},
+                   {"temperature": 0.7, "user": "u2", "stream": True}):
+        assert _params_key_cached(params) == _params_key(params)
+    assert len({_params_key_cached({"temperature": v}) for v in (1, 1.0, True)}) == 3

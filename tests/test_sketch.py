@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distillguard.detection.builtin import MIN_SKETCH_PROMPTS, PromptDistributionSignal
-from distillguard.detection.embedder import CachedEmbedder
+from distillguard.detection.embedder import CachedEmbedder, prompt_digest
 from distillguard.detection.pipeline import DetectionPipeline
 from distillguard.detection.sketch import build_reference, load_reference
 from distillguard.telemetry.events import RequestEvent
@@ -113,3 +113,37 @@ def test_shipped_reference_is_in_the_embedders_space():
     ref = load_reference()
     assert ref is not None and ref.w.shape == (len(ref.mu), 384) and ref.n_ref >= 1000
     assert 0.0 < ref.mu_sq < 1.0
+
+
+def test_embedding_cache_round_trips_through_a_file(tmp_path):
+    class Counting:
+        dim = DIM
+        calls = 0
+
+        def embed(self, texts):
+            Counting.calls += len(texts)
+            return clusters(np.random.default_rng(len(texts)), len(texts), np.eye(DIM))
+
+    first = CachedEmbedder(Counting())
+    texts = [f"prompt {i}" for i in range(300)]
+    # A digest ending in a NUL byte: fixed-width byte arrays would drop it.
+    assert any(prompt_digest(t)[-1] == 0 for t in texts)
+    vectors = first.embed(texts)
+    assert first.save(tmp_path / "cache.npz") == 300
+    second = CachedEmbedder(Counting())
+    assert second.load(tmp_path / "cache.npz") == 300
+    Counting.calls = 0
+    assert np.array_equal(second.embed(texts), vectors) and Counting.calls == 0
+
+
+def test_sampled_embedding_is_a_stable_share_of_prompts():
+    from distillguard.config import Settings
+
+    settings = Settings.load(env={}).replace(detection_embedding_sample=0.25)
+    pipeline = DetectionPipeline(settings)
+    texts = [f"question number {i}" for i in range(4000)]
+    share = sum(map(pipeline.sampled, texts)) / len(texts)
+    assert 0.22 < share < 0.28
+    assert [pipeline.sampled(t) for t in texts[:50]] == [pipeline.sampled(t)
+                                                         for t in texts[:50]]
+    assert all(map(DetectionPipeline(Settings.load(env={})).sampled, texts[:50]))

@@ -75,14 +75,12 @@ def calibrate(*, duration: float = 86400.0, fp_rate: float = FP_RATE,
     attack_max: dict[str, float] = {}
     benign_campaign: list[float] = []
     mixed_campaign_attack: list[float] = []
-    done = 0
     try:
         for tick, reqs in traffic.slices():
-            events = run._slice(reqs, done)
-            done += len(reqs)
+            events = run._slice(reqs)
             if events:
                 run.pipeline.observe_many(events)
-            run.clock.now = tick
+            run.clock.set(tick)
             run.pipeline.refresh()
             for name in run.pipeline.accounts():
                 risk = run.pipeline.account_risk(name).own_risk
@@ -117,7 +115,7 @@ def calibrate(*, duration: float = 86400.0, fp_rate: float = FP_RATE,
     signals: dict[str, Any] = {}
     if dist is not None and benign_far:
         far = round(max(benign_far) * FAR_MARGIN, 5)
-        tested = len(set(_tested(run.pipeline, dist_i)) & set(benign_max))
+        tested = sum(1 for a in _tested(run.pipeline, dist_i) if labels.get(a) != "attack")
         signals["prompt_distribution"] = {
             "far": far, "margin": FAR_MARGIN,
             "benign_max": round(max(benign_far), 5),

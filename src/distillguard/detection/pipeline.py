@@ -31,6 +31,7 @@ from ShareGPT by ``scripts/build_priors.py``). Each reason says which one it use
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import logging
 import threading
@@ -171,6 +172,22 @@ def _params_key(params: dict[str, Any]) -> int:
     return zlib.crc32(repr(items).encode())
 
 
+def _params_key_cached(params: dict[str, Any]) -> int:
+    """``_params_key``, memoised: clients resend the same few parameter sets. Keyed by
+    each value's type as well as the value (``1``, ``1.0`` and ``True`` are equal but
+    print apart); unhashable values (lists) are computed each time."""
+    try:
+        return _params_key_of(tuple(sorted((k, type(v), v) for k, v in params.items()
+                                           if k not in ("user", "stream"))))
+    except TypeError:
+        return _params_key(params)
+
+
+@functools.lru_cache(maxsize=4096)
+def _params_key_of(items: tuple[tuple[str, type, Any], ...]) -> int:
+    return zlib.crc32(repr([(k, repr(v)) for k, _, v in items]).encode())
+
+
 def _noisy_or(parts: Iterable[float]) -> float:
     keep = 1.0
     for p in parts:
@@ -210,6 +227,7 @@ class DetectionPipeline:
         self.max_accounts = settings.detection_max_accounts if settings is not None else 100_000
         self.signals: list[Signal] = [create_signal(n, settings)
                                       for n in (signals or signal_names())]
+        self._observers = [s.observe for s in self.signals]  # bound once: the hot loop
         self.embedder = embedder
         if embedder is not None and topic_map is None:
             from distillguard.detection.topics import load_topic_map
@@ -321,7 +339,7 @@ class DetectionPipeline:
         if raw is None:
             return EventFeatures(
                 event=event, ts=event.ts, end_ts=event.ts + event.latency_ms / 1000.0,
-                ok=event.status == 200, params_key=_params_key(params),
+                ok=event.status == 200, params_key=_params_key_cached(params),
                 max_tokens=max_tokens if isinstance(max_tokens, int) else None, n=1,
                 logprobs=False, assistant_turns=0, bands=(), topic=-1, embedding=None,
                 elicits=False)
@@ -332,7 +350,7 @@ class DetectionPipeline:
                                     else (-1, False, None, None))
         return EventFeatures(
             event=event, ts=event.ts, end_ts=event.ts + event.latency_ms / 1000.0,
-            ok=event.status == 200, params_key=_params_key(params),
+            ok=event.status == 200, params_key=_params_key_cached(params),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             n=int(raw.get("n") or 1), logprobs=bool(raw.get("logprobs")),
             assistant_turns=int(raw.get("turns") or 0),
@@ -389,8 +407,8 @@ class DetectionPipeline:
         acct.last_seen = f.ts
         if self.newest_event_ts is None or f.ts > self.newest_event_ts:
             self.newest_event_ts = f.ts
-        for signal, state in zip(self.signals, acct.states):
-            signal.observe(state, f)
+        for observe, state in zip(self._observers, acct.states):
+            observe(state, f)
         acct.profile.observe(f)
 
     # --- scoring -------------------------------------------------------------------------
