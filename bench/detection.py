@@ -339,6 +339,12 @@ def main() -> int:
 
         data = calibrate(embeddings=args.embeddings, embedding_sample=args.embedding_sample,
                          embedding_cache=args.embedding_cache)
+        if args.embeddings:
+            # Detection without embeddings gets thresholds of its own (policy.rules).
+            lexical = calibrate()
+            data["without_embeddings"] = {k: lexical[k] for k in (
+                "split", "fp_rate", "benign_accounts", "duration_s", "margin", "note",
+                "rules", "attack_accounts_above", "attack_accounts")}
         print(json.dumps(data, indent=1))
         print(f"written to {save_calibration(data)}")
         return 0

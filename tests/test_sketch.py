@@ -21,10 +21,10 @@ def clusters(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarra
 
 def state_of(signal: PromptDistributionSignal, ref, x: np.ndarray) -> list:
     state = signal.new_state()
-    for row in ref.features(x):
-        state[1] = row.astype(np.float64) if state[1] is None else state[1] + row
+    for row in x:
+        ext = ref.extended(row)
+        state[1] = ext if state[1] is None else state[1] + ext
         state[0] += 1
-        state[2] += float(row @ row)
     return state
 
 
@@ -57,7 +57,7 @@ def test_sketches_pool_exactly_and_stay_fixed_size():
     assert merged[0] == 80 and np.allclose(merged[1], whole[1])
     assert abs(signal.value(merged) - signal.value(whole)) < 1e-9
     big = state_of(signal, ref, clusters(rng, 5000, centres))
-    assert big[1].shape == whole[1].shape == (len(ref.mu),)
+    assert big[1].shape == whole[1].shape == (len(ref.mu) + 1,)
 
 
 def test_calibrated_strength_counts_only_far_and_the_reason_quotes_it():

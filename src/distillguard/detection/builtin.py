@@ -773,31 +773,30 @@ class PromptDistributionSignal(_Builtin):
         self.calibration: dict[str, Any] | None = cal
 
     def new_state(self) -> list[Any]:
-        return [0, None, 0.0]  # prompts, sum of features (float64), sum of squared norms
+        # prompts; sum of [features, squared norm] (float64, ``PromptSketch.extended``)
+        return [0, None]
 
     def observe(self, state: list[Any], f: EventFeatures) -> None:
         phi = f.sketch
         if phi is None:
             return
         if state[1] is None:
-            state[1] = phi.astype(np.float64)
+            state[1] = phi.copy()
         else:
             state[1] += phi
         state[0] += 1
-        state[2] += float(phi @ phi)
 
     def merge(self, states: list[Any]) -> Any:
         """Pooled: the sketches add up (one operator's prompts)."""
         live = [s for s in states if s[1] is not None]
         if not live:
             return self.new_state()
-        return [sum(s[0] for s in live), np.sum([s[1] for s in live], axis=0),
-                sum(s[2] for s in live)]
+        return [sum(s[0] for s in live), np.sum([s[1] for s in live], axis=0)]
 
     def value(self, state: list[Any]) -> float | None:
         if self.reference is None or state[0] < MIN_SKETCH_PROMPTS:
             return None
-        return self.reference.mmd2(state[0], state[1], state[2])
+        return self.reference.mmd2(state[0], state[1][:-1], float(state[1][-1]))
 
     def strength(self, value: float, baseline: Baseline | None) -> float:
         far = (self.calibration or {}).get("far")

@@ -305,7 +305,7 @@ class DetectionPipeline:
             if self.topic_map is not None:
                 topic = int(np.argmax(self.topic_map @ embedding))
             if self.sketch is not None:
-                phi = self.sketch.features(embedding)
+                phi = self.sketch.extended(embedding)
         info = (topic, self.elicitation.elicits(text, embedding), embedding, phi)
         self._info[key] = info
         if len(self._info) > _INFO_CACHE:
@@ -598,6 +598,11 @@ class DetectionPipeline:
         """The population baselines of the last ``refresh``, by signal name."""
         with self._lock:
             return dict(self._baselines)
+
+
+def embeddings_available(settings: Settings) -> bool:
+    """Whether detection with these settings embeds prompts (on, and installed)."""
+    return bool(settings.detection_embeddings) and _embeddings_installed()
 
 
 def _embeddings_installed() -> bool:

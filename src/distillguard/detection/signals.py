@@ -53,7 +53,8 @@ class EventFeatures:
     one the account never sent before (exact for sampled hashes, the account's novelty
     rate for others); ``tools`` how many tools the request declared; ``raw`` the event's
     features dict (``detection.features``); ``sketch`` the prompt's random Fourier
-    features (``detection.sketch``; None without an embedding).
+    features with their squared norm last (``PromptSketch.extended``; None without an
+    embedding).
     """
 
     event: RequestEvent

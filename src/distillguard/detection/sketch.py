@@ -3,7 +3,8 @@
 Each prompt's embedding is mapped once (and cached with its topic) to ``DIM`` random
 Fourier features ``phi(x) = sqrt(2 / DIM) * cos(W x + b)`` of a Gaussian kernel (``W``
 and ``b`` drawn from a fixed seed, bandwidth by the median heuristic on the reference).
-An account keeps only ``n``, ``S = sum phi(x_i)`` and ``Q = sum |phi(x_i)|^2``: constant
+An account keeps only ``n``, ``S = sum phi(x_i)`` and ``Q = sum |phi(x_i)|^2`` (one
+vector ``sum [phi(x_i), |phi(x_i)|^2]``, so an event costs one vector addition): constant
 size, and the sketches of linked accounts pool by adding up.
 
 Against the reference distribution (user turns of real ShareGPT conversations the
@@ -47,6 +48,11 @@ class PromptSketch:
     def features(self, x: np.ndarray) -> np.ndarray:
         """``phi`` of one embedding (or of each row of a matrix), float32."""
         return self.scale * np.cos(x @ self.w.T + self.b)
+
+    def extended(self, x: np.ndarray) -> np.ndarray:
+        """``[phi(x), |phi(x)|^2]`` as float64: what an account's sketch sums."""
+        phi = self.features(x).astype(np.float64)
+        return np.append(phi, phi @ phi)
 
     def mmd2(self, n: int, s: np.ndarray, q: float) -> float:
         """Unbiased squared MMD between ``n`` prompts (feature sum ``s``, sum of squared

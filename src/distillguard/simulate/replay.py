@@ -145,7 +145,9 @@ class ReplayRun:
             self.pipeline.embedder.load(embedding_cache)
         base_rpm = float(self.settings.rate_limit_rpm or self.settings.policy_throttle_rpm)
         self.policy = PolicyEngine(MemoryActionStore(self.clock),
-                                   load_rules(self.settings.policy_file), base_rpm=base_rpm,
+                                   load_rules(self.settings.policy_file,
+                                              embeddings=self.pipeline.embedder is not None),
+                                   base_rpm=base_rpm,
                                    relative_throttle=self.settings.policy_throttle_relative,
                                    clock=self.clock)
         self.recorder = Recorder(traffic)
