@@ -307,3 +307,21 @@ def test_memoised_params_key_tells_apart_values_that_compare_equal():
                    {"temperature": 0.7, "user": "u2", "stream": True}):
         assert _params_key_cached(params) == _params_key(params)
     assert len({_params_key_cached({"temperature": v}) for v in (1, 1.0, True)}) == 3
+
+
+def test_the_cue_judge_runs_once_where_the_event_was_built():
+    from distillguard.detection.features import flat_features
+
+    pipeline = DetectionPipeline(embedder=CachedEmbedder(FakeEmbedder()),
+                                 topic_map=np.eye(16, dtype=np.float32))
+    prompt = "user: Think step by step and show your full reasoning: why is the sky blue?"
+    e = event("a", T0, prompt)
+    e.features = flat_features(prompt, {})
+    assert e.features["elicit"] and pipeline._features(e).elicits
+    # Features from before the gateway judged cues: detection judges the text itself.
+    old = event("b", T0, prompt)
+    old.features = {k: v for k, v in flat_features(prompt, {}).items() if k != "elicit"}
+    assert pipeline._features(old).elicits
+    plain = event("c", T0, "user: when to plant gardening tomatoes?")
+    plain.features = flat_features(plain.prompt, {})
+    assert not pipeline._features(plain).elicits

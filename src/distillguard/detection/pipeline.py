@@ -261,8 +261,8 @@ class DetectionPipeline:
         self._baselines: dict[str, Baseline] = {}
         self._campaigns: list[Campaign] = []
         self._campaign_of: dict[str, Campaign] = {}
-        # digest of the prompt -> (topic, elicits, embedding, sketch features); repeated
-        # prompts pay once.
+        # digest of the prompt -> (topic, close to an eliciting exemplar, embedding, sketch
+        # features); repeated prompts pay once.
         self._info: OrderedDict[int, tuple[int, bool, np.ndarray | None,
                                            np.ndarray | None]] = OrderedDict()
         # For the console's detection lag: when the last round ran (wall clock) and the
@@ -306,7 +306,11 @@ class DetectionPipeline:
                 topic = int(np.argmax(self.topic_map @ embedding))
             if self.sketch is not None:
                 phi = self.sketch.extended(embedding)
-        info = (topic, self.elicitation.elicits(text, embedding), embedding, phi)
+        # The cue half of the judge ran where the event was built (``features``
+        # ``elicit``): only the embedding half is the prompt's to add here.
+        similar = (embedding is not None
+                   and self.elicitation.similarity(embedding) >= self.elicitation.threshold)
+        info = (topic, similar, embedding, phi)
         self._info[key] = info
         if len(self._info) > _INFO_CACHE:
             self._info.popitem(last=False)
@@ -346,8 +350,12 @@ class DetectionPipeline:
         # Without embeddings the features already hold all a prompt says (the cue
         # judge ran where the event was built).
         text = self.embed_text(event, raw) if self.embedder is not None else ""
-        topic, elicits, emb, phi = (self._prompt_info(text, embedding) if text
+        topic, similar, emb, phi = (self._prompt_info(text, embedding) if text
                                     else (-1, False, None, None))
+        if "elicit" in raw:
+            elicits = bool(raw["elicit"]) or similar
+        else:  # features from before the cue judge ran where the event was built
+            elicits = similar or (bool(text) and self.elicitation.by_cue(text))
         return EventFeatures(
             event=event, ts=event.ts, end_ts=event.ts + event.latency_ms / 1000.0,
             ok=event.status == 200, params_key=_params_key_cached(params),
@@ -355,7 +363,7 @@ class DetectionPipeline:
             n=int(raw.get("n") or 1), logprobs=bool(raw.get("logprobs")),
             assistant_turns=int(raw.get("turns") or 0),
             bands=tuple(raw.get("bands") or ()), topic=topic, embedding=emb,
-            elicits=bool(raw.get("elicit")) or elicits,
+            elicits=elicits,
             wrappers=tuple(raw.get("wrap") or ()), tools=int(raw.get("tools") or 0),
             raw=raw, sketch=phi)
 
