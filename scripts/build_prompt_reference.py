@@ -1,11 +1,13 @@
 """Build ``detection/prompt_reference.npz``: the reference of the prompt-distribution test.
 
-Usage: python scripts/build_prompt_reference.py [--skip 8000] [--prompts 2000]
+Usage: python scripts/build_prompt_reference.py [--skip 16000] [--prompts 2000]
        [--cache embeddings.npz] [--out PATH]
 
 Embeds the user turns (up to 1,000 characters, as detection embeds them) of ShareGPT
-conversations from ``--skip`` on (the simulator draws from the first 8,000, so neither
-split's prompts shape the reference) with all-MiniLM-L6-v2 and writes their random
+conversations from ``--skip`` on (in file order; the simulator's 8,000 filtered
+conversations end at file index 9,354 and the priors use 8,000-14,000, so neither split
+nor the priors share a conversation with the reference) with all-MiniLM-L6-v2 and
+writes their random
 Fourier feature mean (``detection.sketch``). ``--cache`` reuses and extends an embedding
 cache written by ``CachedEmbedder.save``.
 """
@@ -36,7 +38,7 @@ def reference_prompts(skip: int, count: int) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--skip", type=int, default=8000)
+    ap.add_argument("--skip", type=int, default=16000)
     ap.add_argument("--prompts", type=int, default=2000)
     ap.add_argument("--cache", default=None)
     ap.add_argument("--out", default=str(REFERENCE_FILE))
