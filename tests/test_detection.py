@@ -297,3 +297,31 @@ def test_a_user_who_shares_only_a_question_with_a_swarm_is_not_in_its_core():
     assert len(swarm.core) >= 5
     benign = [a for n, a in rec.acct.items() if not n.startswith("sybil")]
     assert all(a.first_action is None for a in benign)
+
+
+def test_memoised_params_key_tells_apart_values_that_compare_equal():
+    from distillguard.detection.pipeline import _params_key, _params_key_cached
+
+    for params in ({"temperature": 1}, {"temperature": 1.0}, {"temperature": True},
+                   {"max_tokens": 64, "stop": ["\n"]}, {"user": "u1", "temperature": 0.7},
+                   {"temperature": 0.7, "user": "u2", "stream": True}):
+        assert _params_key_cached(params) == _params_key(params)
+    assert len({_params_key_cached({"temperature": v}) for v in (1, 1.0, True)}) == 3
+
+
+def test_the_cue_judge_runs_once_where_the_event_was_built():
+    from distillguard.detection.features import flat_features
+
+    pipeline = DetectionPipeline(embedder=CachedEmbedder(FakeEmbedder()),
+                                 topic_map=np.eye(16, dtype=np.float32))
+    prompt = "user: Think step by step and show your full reasoning: why is the sky blue?"
+    e = event("a", T0, prompt)
+    e.features = flat_features(prompt, {})
+    assert e.features["elicit"] and pipeline._features(e).elicits
+    # Features from before the gateway judged cues: detection judges the text itself.
+    old = event("b", T0, prompt)
+    old.features = {k: v for k, v in flat_features(prompt, {}).items() if k != "elicit"}
+    assert pipeline._features(old).elicits
+    plain = event("c", T0, "user: when to plant gardening tomatoes?")
+    plain.features = flat_features(plain.prompt, {})
+    assert not pipeline._features(plain).elicits

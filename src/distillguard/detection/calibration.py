@@ -9,6 +9,12 @@ accounts (then the measured rate is 0 of n and its 95% upper bound 3 / n, which 
 file states). The result ships as ``calibration.json``; ``policy.rules`` builds its
 default rules from it and each rule's reason quotes it.
 
+With embeddings, the same run sets the threshold of the prompt-distribution signal
+(``signals.prompt_distribution.far``): ``FAR_MARGIN`` times the highest squared MMD of
+any benign account or benign group (members pooled) in any round. The run scores with
+that signal's strength at 0; no benign account or group crosses the threshold set this
+way, so their risks are the ones the signal would leave them with.
+
 Run it with ``python bench/detection.py --calibrate`` (it rewrites the file).
 """
 
@@ -23,6 +29,8 @@ from typing import Any
 CALIBRATION_FILE = "calibration.json"
 MARGIN = 0.03
 FP_RATE = 0.001
+# The distribution test's threshold, relative to the highest benign value.
+FAR_MARGIN = 1.25
 
 
 def threshold(scores: list[float], fp_rate: float, margin: float = MARGIN) -> float:
@@ -38,34 +46,50 @@ def threshold(scores: list[float], fp_rate: float, margin: float = MARGIN) -> fl
 
 
 def calibrate(*, duration: float = 86400.0, fp_rate: float = FP_RATE,
-              progress: bool = False) -> dict[str, Any]:
-    """Run the calibration split with no rules; return the calibration (see module)."""
+              progress: bool = False, embeddings: bool = False,
+              embedding_sample: float = 1.0,
+              embedding_cache: str | None = None) -> dict[str, Any]:
+    """Run the calibration split with no rules; return the calibration (see module).
+
+    ``embeddings`` turns the MiniLM embedding signals on (``embedding_sample``: the
+    share of prompts embedded; ``embedding_cache``: embeddings saved by
+    ``CachedEmbedder.save``, a warm start)."""
+    from distillguard.config import Settings
     from distillguard.simulate.replay import ReplayRun
     from distillguard.simulate.runner import Traffic
     from distillguard.simulate.splits import build
 
     traffic = Traffic.generate(build("calibration", duration=duration))
-    run = ReplayRun(traffic, progress=progress)
+    base = Settings.load(env={}).replace(detection_embedding_sample=embedding_sample)
+    run = ReplayRun(traffic, progress=progress, embeddings=embeddings, base_settings=base,
+                    embedding_cache=embedding_cache)
     run.policy.rules = []
+    dist = next((s for s in run.pipeline.signals if s.name == "prompt_distribution"), None)
+    if dist is not None:
+        dist.calibration = None  # scored at strength 0 (see module)
+    dist_i = run.pipeline.signals.index(dist) if dist is not None else -1
+    benign_far: list[float] = []
+    attack_dist: dict[str, list[float]] = {}
     labels = {a.name: a.label for a in traffic.accounts}
     benign_max: dict[str, float] = {}
     attack_max: dict[str, float] = {}
     benign_campaign: list[float] = []
     mixed_campaign_attack: list[float] = []
-    done = 0
     try:
         for tick, reqs in traffic.slices():
-            events = run._slice(reqs, done)
-            done += len(reqs)
+            events = run._slice(reqs)
             if events:
                 run.pipeline.observe_many(events)
-            run.clock.now = tick
+            run.clock.set(tick)
             run.pipeline.refresh()
             for name in run.pipeline.accounts():
                 risk = run.pipeline.account_risk(name).own_risk
                 table = attack_max if labels.get(name) == "attack" else benign_max
                 if risk > table.get(name, 0.0):
                     table[name] = risk
+            if dist is not None:
+                _distribution_values(run.pipeline, dist, dist_i, labels, benign_far,
+                                     attack_dist)
             for c in run.pipeline.campaigns():
                 core = c.core or c.members
                 if all(labels.get(m) != "attack" for m in core):
@@ -88,9 +112,28 @@ def calibrate(*, duration: float = 86400.0, fp_rate: float = FP_RATE,
     if n < 1 / fp_rate:
         note += (f" (fewer than {1 / fp_rate:.0f} accounts: threshold above the highest "
                  f"benign score; measured 0 of {n}, 95% upper bound {3 / n:.1%})")
+    signals: dict[str, Any] = {}
+    if dist is not None and benign_far:
+        far = round(max(benign_far) * FAR_MARGIN, 5)
+        tested = sum(1 for a in _tested(run.pipeline, dist_i) if labels.get(a) != "attack")
+        signals["prompt_distribution"] = {
+            "far": far, "margin": FAR_MARGIN,
+            "benign_max": round(max(benign_far), 5),
+            "benign_accounts_tested": tested,
+            "attack_accounts_above": sum(1 for v in attack_dist.values() if max(v) >= far),
+            "attack_accounts_tested": len(attack_dist),
+            "embedding_sample": embedding_sample,
+            "note": (f"calibration split ({tested} benign accounts with enough embedded "
+                     f"prompts, and every benign group, over {duration / 3600:.0f} h; "
+                     f"{embedding_sample:.0%} of prompts embedded): highest benign "
+                     f"{max(benign_far):.3f}; 0 of {tested} reached it, stated "
+                     f"false-positive rate {fp_rate:.1%}"),
+        }
     return {
         "split": "calibration", "fp_rate": fp_rate, "benign_accounts": n,
         "duration_s": duration, "margin": MARGIN, "note": note,
+        "embeddings": embeddings, "embedding_sample": embedding_sample,
+        "signals": signals,
         "rules": {
             "block-harvester": {"min_risk": account_t,
                                 "benign_max": round(max(benign, default=0.0), 4),
@@ -104,6 +147,37 @@ def calibrate(*, duration: float = 86400.0, fp_rate: float = FP_RATE,
         "attack_accounts_above": sum(v >= account_t for v in attack_max.values()),
         "attack_accounts": len(attack_max),
     }
+
+
+def _tested(pipeline: Any, index: int) -> list[str]:
+    from distillguard.detection.builtin import MIN_SKETCH_PROMPTS
+
+    return [name for name, acct in pipeline._accounts.items()
+            if acct.states[index][0] >= MIN_SKETCH_PROMPTS]
+
+
+def _distribution_values(pipeline: Any, signal: Any, index: int, labels: dict[str, str],
+                         benign_far: list[float], attack: dict[str, list[float]]) -> None:
+    """One round's prompt-distribution values: benign accounts and benign groups (the
+    members' pooled sketch, as a campaign is scored), and attack accounts for the
+    record."""
+    for name, acct in pipeline._accounts.items():
+        state = acct.states[index]
+        value = signal.value(state)
+        if value is None:
+            continue
+        if labels.get(name) == "attack":
+            attack.setdefault(name, []).append(value)
+            continue
+        benign_far.append(value)
+    for c in pipeline.campaigns():
+        if any(labels.get(m) == "attack" for m in c.members):
+            continue
+        pooled = signal.merge([pipeline._accounts[m].states[index] for m in c.members
+                               if m in pipeline._accounts])
+        value = signal.value(pooled)
+        if value is not None:
+            benign_far.append(value)
 
 
 def load_calibration() -> dict[str, Any] | None:

@@ -139,3 +139,30 @@ class CachedEmbedder:
                 while len(self._cache) > self.max_entries:
                     self._cache.popitem(last=False)
         return out
+
+    def save(self, path: str | Path) -> int:
+        """Write the cached embeddings (prompt hashes and vectors, no text) to an
+        ``.npz`` file; returns how many."""
+        with self._lock:
+            keys = list(self._cache)
+            vecs = np.stack([self._cache[k] for k in keys]) if keys else \
+                np.zeros((0, self.dim), np.float32)
+        raw = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 16)
+        np.savez(Path(path), keys=raw, vecs=vecs)
+        return len(keys)
+
+    def load(self, path: str | Path) -> int:
+        """Add the embeddings ``save`` wrote (a warm start for repeated runs over the
+        same prompts); returns how many were read."""
+        data = np.load(Path(path))
+        keys, vecs = data["keys"], data["vecs"]
+        if vecs.ndim != 2 or vecs.shape[1] != self.dim or len(keys) != len(vecs):
+            raise ValueError(f"{path}: not a cache of {self.dim}-dimensional embeddings")
+        with self._lock:
+            for key, vec in zip(keys, vecs):
+                # uint8 rows as ``save`` writes them; fixed-width bytes lose trailing NULs
+                digest = key.tobytes() if keys.dtype == np.uint8 else bytes(key).ljust(16, b"\0")
+                self._cache[digest] = vec.astype(np.float32)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return len(keys)

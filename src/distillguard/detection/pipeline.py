@@ -31,6 +31,7 @@ from ShareGPT by ``scripts/build_priors.py``). Each reason says which one it use
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import logging
 import threading
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distillguard.detection.campaigns import Campaign, Profile, find_campaigns
-from distillguard.detection.features import flat_features
+from distillguard.detection.features import flat_features, hash64
 from distillguard.detection.signals import (
     GROUPS,
     Baseline,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from distillguard.config import Settings
     from distillguard.detection.asn import AsnTable
     from distillguard.detection.embedder import Embedder
+    from distillguard.detection.sketch import PromptSketch
     from distillguard.telemetry.events import RequestEvent
 
 log = logging.getLogger("distillguard.detection")
@@ -171,6 +173,22 @@ def _params_key(params: dict[str, Any]) -> int:
     return zlib.crc32(repr(items).encode())
 
 
+def _params_key_cached(params: dict[str, Any]) -> int:
+    """``_params_key``, memoised: clients resend the same few parameter sets. Keyed by
+    each value's type as well as the value (``1``, ``1.0`` and ``True`` are equal but
+    print apart); unhashable values (lists) are computed each time."""
+    try:
+        return _params_key_of(tuple(sorted((k, type(v), v) for k, v in params.items()
+                                           if k not in ("user", "stream"))))
+    except TypeError:
+        return _params_key(params)
+
+
+@functools.lru_cache(maxsize=4096)
+def _params_key_of(items: tuple[tuple[str, type, Any], ...]) -> int:
+    return zlib.crc32(repr([(k, repr(v)) for k, _, v in items]).encode())
+
+
 def _noisy_or(parts: Iterable[float]) -> float:
     keep = 1.0
     for p in parts:
@@ -184,15 +202,16 @@ class DetectionPipeline:
     ``signup_evidence`` (optional) returns the sign-up records (objects or dicts with
     ``account``, ``domain``, ``prefix``, ``fingerprint``, ``ts``) that link accounts made
     together; campaigns then reach those accounts. ``embedder`` (optional) enables the
-    coverage signal and the embedding half of the elicitation judge; ``topic_map``
-    (unit centroids, k x d) defaults to the shipped map
-    when an embedder is given. ``store`` (optional) lets campaigns read key creation
-    times. ``clock`` is for tests.
+    coverage and prompt-distribution signals and the embedding half of the elicitation
+    judge; ``topic_map`` (unit centroids, k x d) and ``prompt_reference``
+    (``detection.sketch``) default to the shipped ones when an embedder is given.
+    ``store`` (optional) lets campaigns read key creation times. ``clock`` is for tests.
     """
 
     def __init__(self, settings: Settings | None = None, *,
                  signals: Sequence[str] | None = None, embedder: Embedder | None = None,
                  topic_map: np.ndarray | None = None, store: Any = None,
+                 prompt_reference: PromptSketch | None = None,
                  clock: Callable[[], float] = time.time,
                  signup_evidence: Callable[[], Iterable[Any]] | None = None) -> None:
         from distillguard.detection.elicitation import Elicitation
@@ -209,6 +228,7 @@ class DetectionPipeline:
         self.max_accounts = settings.detection_max_accounts if settings is not None else 100_000
         self.signals: list[Signal] = [create_signal(n, settings)
                                       for n in (signals or signal_names())]
+        self._observers = [s.observe for s in self.signals]  # bound once: the hot loop
         self.embedder = embedder
         if embedder is not None and topic_map is None:
             from distillguard.detection.topics import load_topic_map
@@ -220,6 +240,20 @@ class DetectionPipeline:
             if s.name == "coverage":
                 s.n_topics = n_topics  # type: ignore[attr-defined]
         self.elicitation = Elicitation(embedder)
+        # The prompt-distribution test: each embedding's random Fourier features, once.
+        self.sketch = prompt_reference
+        if embedder is not None and prompt_reference is None:
+            from distillguard.detection.sketch import load_reference
+
+            self.sketch = load_reference()
+        if self.sketch is not None and (embedder is None
+                                        or self.sketch.w.shape[1] != embedder.dim):
+            self.sketch = None  # no embeddings, or a reference from another space
+        for s in self.signals:
+            if s.name == "prompt_distribution":
+                s.reference = self.sketch  # type: ignore[attr-defined]
+        sample = settings.detection_embedding_sample if settings is not None else 1.0
+        self._sample_cut = int(round(sample * 1024))
         self.store = store
         self.asn_table: AsnTable | None = None
         if settings is not None and settings.asn_table:
@@ -233,8 +267,10 @@ class DetectionPipeline:
         self._baselines: dict[str, Baseline] = {}
         self._campaigns: list[Campaign] = []
         self._campaign_of: dict[str, Campaign] = {}
-        # digest of the prompt -> (topic, elicits, embedding); repeated prompts pay once.
-        self._info: OrderedDict[int, tuple[int, bool, np.ndarray | None]] = OrderedDict()
+        # digest of the prompt -> (topic, close to an eliciting exemplar, embedding, sketch
+        # features); repeated prompts pay once.
+        self._info: OrderedDict[int, tuple[int, bool, np.ndarray | None,
+                                           np.ndarray | None]] = OrderedDict()
         # For the console's detection lag: when the last round ran (wall clock) and the
         # arrival time of the newest event observed.
         self.refreshed_at: float | None = None
@@ -256,18 +292,31 @@ class DetectionPipeline:
         return cls(settings, embedder=embedder, store=store)
 
     # --- observing ---------------------------------------------------------------------
+    def sampled(self, text: str) -> bool:
+        """Whether ``text`` is in the embedded sample (``detection_embedding_sample``)."""
+        return self._sample_cut >= 1024 or (hash64(text) & 1023) < self._sample_cut
+
     def _prompt_info(self, text: str, embedding: np.ndarray | None = None
-                     ) -> tuple[int, bool, np.ndarray | None]:
+                     ) -> tuple[int, bool, np.ndarray | None, np.ndarray | None]:
         key = hash(text)
         info = self._info.get(key)
         if info is not None:
             return info
-        if embedding is None and self.embedder is not None and text:
+        if (embedding is None and self.embedder is not None and text
+                and self.sampled(text)):
             embedding = self.embedder.embed([text])[0]
         topic = -1
-        if embedding is not None and self.topic_map is not None:
-            topic = int(np.argmax(self.topic_map @ embedding))
-        info = (topic, self.elicitation.elicits(text, embedding), embedding)
+        phi = None
+        if embedding is not None:
+            if self.topic_map is not None:
+                topic = int(np.argmax(self.topic_map @ embedding))
+            if self.sketch is not None:
+                phi = self.sketch.extended(embedding)
+        # The cue half of the judge ran where the event was built (``features``
+        # ``elicit``): only the embedding half is the prompt's to add here.
+        similar = (embedding is not None
+                   and self.elicitation.similarity(embedding) >= self.elicitation.threshold)
+        info = (topic, similar, embedding, phi)
         self._info[key] = info
         if len(self._info) > _INFO_CACHE:
             self._info.popitem(last=False)
@@ -300,25 +349,29 @@ class DetectionPipeline:
         if raw is None:
             return EventFeatures(
                 event=event, ts=event.ts, end_ts=event.ts + event.latency_ms / 1000.0,
-                ok=event.status == 200, params_key=_params_key(params),
+                ok=event.status == 200, params_key=_params_key_cached(params),
                 max_tokens=max_tokens if isinstance(max_tokens, int) else None, n=1,
                 logprobs=False, assistant_turns=0, bands=(), topic=-1, embedding=None,
                 elicits=False)
         # Without embeddings the features already hold all a prompt says (the cue
         # judge ran where the event was built).
         text = self.embed_text(event, raw) if self.embedder is not None else ""
-        topic, elicits, emb = (self._prompt_info(text, embedding) if text
-                               else (-1, False, None))
+        topic, similar, emb, phi = (self._prompt_info(text, embedding) if text
+                                    else (-1, False, None, None))
+        if "elicit" in raw:
+            elicits = bool(raw["elicit"]) or similar
+        else:  # features from before the cue judge ran where the event was built
+            elicits = similar or (bool(text) and self.elicitation.by_cue(text))
         return EventFeatures(
             event=event, ts=event.ts, end_ts=event.ts + event.latency_ms / 1000.0,
-            ok=event.status == 200, params_key=_params_key(params),
+            ok=event.status == 200, params_key=_params_key_cached(params),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             n=int(raw.get("n") or 1), logprobs=bool(raw.get("logprobs")),
             assistant_turns=int(raw.get("turns") or 0),
             bands=tuple(raw.get("bands") or ()), topic=topic, embedding=emb,
-            elicits=bool(raw.get("elicit")) or elicits,
+            elicits=elicits,
             wrappers=tuple(raw.get("wrap") or ()), tools=int(raw.get("tools") or 0),
-            raw=raw)
+            raw=raw, sketch=phi)
 
     def observe(self, event: RequestEvent) -> None:
         """Update the event's account with one event (unauthenticated events are skipped)."""
@@ -335,7 +388,7 @@ class DetectionPipeline:
             for e in events:
                 if e.account is not None and e.prompt and e.status == 200:
                     t = self.embed_text(e, self.raw_features(e))
-                    if t and hash(t) not in self._info:
+                    if t and hash(t) not in self._info and self.sampled(t):
                         texts.append(t)
             if texts:
                 texts = list(dict.fromkeys(texts))
@@ -368,8 +421,8 @@ class DetectionPipeline:
         acct.last_seen = f.ts
         if self.newest_event_ts is None or f.ts > self.newest_event_ts:
             self.newest_event_ts = f.ts
-        for signal, state in zip(self.signals, acct.states):
-            signal.observe(state, f)
+        for observe, state in zip(self._observers, acct.states):
+            observe(state, f)
         acct.profile.observe(f)
 
     # --- scoring -------------------------------------------------------------------------
@@ -567,6 +620,11 @@ class DetectionPipeline:
         """The population baselines of the last ``refresh``, by signal name."""
         with self._lock:
             return dict(self._baselines)
+
+
+def embeddings_available(settings: Settings) -> bool:
+    """Whether detection with these settings embeds prompts (on, and installed)."""
+    return bool(settings.detection_embeddings) and _embeddings_installed()
 
 
 def _embeddings_installed() -> bool:

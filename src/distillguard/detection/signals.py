@@ -52,7 +52,9 @@ class EventFeatures:
     count only those). ``novel`` is the weight in [0, 1] of the last user message being
     one the account never sent before (exact for sampled hashes, the account's novelty
     rate for others); ``tools`` how many tools the request declared; ``raw`` the event's
-    features dict (``detection.features``).
+    features dict (``detection.features``); ``sketch`` the prompt's random Fourier
+    features with their squared norm last (``PromptSketch.extended``; None without an
+    embedding).
     """
 
     event: RequestEvent
@@ -72,6 +74,7 @@ class EventFeatures:
     novel: float = 1.0
     tools: int = 0
     raw: dict[str, Any] | None = None
+    sketch: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,9 +62,11 @@ class PolicyEngine:
     @classmethod
     def from_settings(cls, settings: Settings) -> PolicyEngine:
         """The engine with the settings' action store, rules and throttle base rate."""
+        from distillguard.detection.pipeline import embeddings_available
         from distillguard.policy.store import open_action_store
 
-        rules = load_rules(settings.policy_file)
+        # The default thresholds match how detection will run: with embeddings or not.
+        rules = load_rules(settings.policy_file, embeddings=embeddings_available(settings))
         base = float(settings.rate_limit_rpm or settings.policy_throttle_rpm)
         return cls(open_action_store(settings), rules, cache_ttl=settings.policy_cache_ttl,
                    base_rpm=base, degrade_strength=settings.policy_degrade_watermark_strength,

@@ -79,14 +79,22 @@ FIXED_RULES = (
 
 
 
-def calibrated_rules(calibration: dict[str, Any] | None) -> tuple[Rule, ...]:
+def calibrated_rules(calibration: dict[str, Any] | None, *,
+                     embeddings: bool = True) -> tuple[Rule, ...]:
     """The default rules with thresholds from ``calibration`` (``detection.calibration``):
     a confirmed harvester is refused, and so is every core member of a linked campaign
     that harvests (sign-up-linked accounts and new members included, since campaigns
     are found again on every detection round). Degrade and throttle let a harvest go
-    on, so the defaults refuse. ``FIXED_RULES`` without a calibration."""
+    on, so the defaults refuse. ``FIXED_RULES`` without a calibration.
+
+    Embedding signals raise some benign scores, so a calibration made with embeddings
+    carries the thresholds for detection without them apart
+    (``without_embeddings``); ``embeddings`` picks the one that matches."""
     if not calibration:
         return FIXED_RULES
+    if not embeddings and calibration.get("embeddings") and \
+            calibration.get("without_embeddings"):
+        calibration = calibration["without_embeddings"]
     rules = calibration["rules"]
     note = calibration.get("note", "calibration split")
     acct = rules["block-harvester"]
@@ -102,13 +110,15 @@ def calibrated_rules(calibration: dict[str, Any] | None) -> tuple[Rule, ...]:
     )
 
 
-def _default_rules() -> tuple[Rule, ...]:
+def _default_rules(embeddings: bool = True) -> tuple[Rule, ...]:
     from distillguard.detection.calibration import load_calibration
 
-    return calibrated_rules(load_calibration())
+    return calibrated_rules(load_calibration(), embeddings=embeddings)
 
 
 DEFAULT_RULES = _default_rules()
+# The defaults for detection without embeddings (``detection_embeddings = false``).
+DEFAULT_RULES_WITHOUT_EMBEDDINGS = _default_rules(embeddings=False)
 
 
 def parse_duration(value: Any, where: str) -> float | None:
@@ -183,11 +193,13 @@ def parse_rules(section: Any, source: str) -> list[Rule]:
     return rules
 
 
-def load_rules(policy_file: str | Path | None) -> list[Rule]:
-    """The rules of ``policy_file``'s [policy] section; ``DEFAULT_RULES`` without a file
-    or when the file has no [policy] section."""
+def load_rules(policy_file: str | Path | None, *, embeddings: bool = True) -> list[Rule]:
+    """The rules of ``policy_file``'s [policy] section; without a file or when the file
+    has no [policy] section, ``DEFAULT_RULES`` (``DEFAULT_RULES_WITHOUT_EMBEDDINGS`` when
+    detection runs without embeddings)."""
+    defaults = DEFAULT_RULES if embeddings else DEFAULT_RULES_WITHOUT_EMBEDDINGS
     if not policy_file:
-        return list(DEFAULT_RULES)
+        return list(defaults)
     path = Path(policy_file)
     try:
         data = tomllib.loads(path.read_text())
@@ -199,5 +211,5 @@ def load_rules(policy_file: str | Path | None) -> list[Rule]:
     if section is None and isinstance(data.get("distillguard"), dict):
         section = data["distillguard"].get("policy")
     if section is None:
-        return list(DEFAULT_RULES)
+        return list(defaults)
     return parse_rules(section, str(path))

@@ -128,7 +128,7 @@ class ReplayRun:
 
     def __init__(self, traffic: Traffic, *, embeddings: bool | None = False,
                  base_settings: Settings | None = None, data_dir: str | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, embedding_cache: str | None = None) -> None:
         self.traffic = traffic
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="dg-sim-")
         folder = data_dir or self._tmp.name
@@ -140,9 +140,14 @@ class ReplayRun:
         self.pipeline = DetectionPipeline.from_settings(self.settings,
                                                         store=KeyTimes(traffic.accounts))
         self.pipeline.clock = self.clock
+        # A warm start from embeddings saved by ``CachedEmbedder.save`` (repeated runs).
+        if embedding_cache and hasattr(self.pipeline.embedder, "load"):
+            self.pipeline.embedder.load(embedding_cache)
         base_rpm = float(self.settings.rate_limit_rpm or self.settings.policy_throttle_rpm)
         self.policy = PolicyEngine(MemoryActionStore(self.clock),
-                                   load_rules(self.settings.policy_file), base_rpm=base_rpm,
+                                   load_rules(self.settings.policy_file,
+                                              embeddings=self.pipeline.embedder is not None),
+                                   base_rpm=base_rpm,
                                    relative_throttle=self.settings.policy_throttle_relative,
                                    clock=self.clock)
         self.recorder = Recorder(traffic)

@@ -15,9 +15,11 @@ MODES = ("replay", "live")
 
 def run_scenario(scenario: Scenario, *, mode: str = "replay", scale: float = 1.0,
                  embeddings: bool | None = False, base_settings: Settings | None = None,
-                 progress: bool = True, concurrency: int = 32) -> dict[str, Any]:
+                 progress: bool = True, concurrency: int = 32,
+                 embedding_cache: str | None = None) -> dict[str, Any]:
     """Generate the scenario's traffic, run it, and return its metrics (``metrics.compute``
-    plus run facts: mode, scale, embeddings, wall time, requests per second)."""
+    plus run facts: mode, scale, embeddings, wall time, requests per second).
+    ``embedding_cache`` (replay) preloads embeddings saved by ``CachedEmbedder.save``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     started = time.perf_counter()
@@ -28,7 +30,7 @@ def run_scenario(scenario: Scenario, *, mode: str = "replay", scale: float = 1.0
         from distillguard.simulate.replay import ReplayRun
 
         runner = ReplayRun(traffic, embeddings=embeddings, base_settings=base_settings,
-                           progress=progress)
+                           progress=progress, embedding_cache=embedding_cache)
     else:
         from distillguard.simulate.live import LiveRun
 

@@ -9,8 +9,11 @@
   held out come from this split only; the adaptive attacker (``simulate.adaptive``)
   searches in its world.
 
-The priors (``detection/priors.json``) are built from conversations 8000..14000, so no
-prompt of either split shaped them.
+The priors (``detection/priors.json``) are built from file indices 8000..14000 of the
+unfiltered corpus; the splits' 8000 filtered conversations end at file index 9354, so
+the priors and the test split's corpus overlap in file indices 8000..9354. The
+prompt-distribution reference (``detection/prompt_reference.npz``) starts at file index
+16000 and shares none.
 """
 
 from __future__ import annotations
