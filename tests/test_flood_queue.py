@@ -110,10 +110,15 @@ async def test_another_accounts_small_request_is_served_through_a_flood(
         await asyncio.sleep(0.3)
         outcome, waited = await one("customer", 4, priority=1)
         results = await asyncio.gather(*flood)
+        gauges = {name: value for name, _, _, value in backend.gauges()}
     finally:
         await backend.close()
     kinds = [r[0] for r in results]
     assert outcome == "served"
+    # /metrics shows the shed counts the clients saw, and an idle batch once done.
+    assert gauges["distillguard_local_shed_account_total"] == kinds.count("shed 429")
+    assert gauges["distillguard_local_shed_overloaded_total"] == kinds.count("shed 503")
+    assert gauges["distillguard_local_queue_waiting"] == 0
     # Each account's streams beyond its share, and those beyond the queue's capacity,
     # were refused at once instead of waiting.
     assert "shed 429" in kinds and "shed 503" in kinds

@@ -171,6 +171,23 @@ class LocalBackend:
     def models(self) -> list[str]:
         return [self.model_name]
 
+    def gauges(self) -> list[tuple[str, str, str, float]]:
+        """The queue's series for ``/metrics`` (the runtime shows a backend's
+        ``gauges`` when it has one)."""
+        batcher = self._batcher
+        return [
+            ("distillguard_local_queue_waiting", "gauge",
+             "Requests waiting for rows of the local batch.", len(self.waiting)),
+            ("distillguard_local_batch_rows", "gauge", "Rows (choices) being decoded now.",
+             batcher.rows if batcher is not None else 0),
+            ("distillguard_local_shed_overloaded_total", "counter",
+             "Requests refused or evicted with 503 because the queue was full.",
+             self.waiting.shed_full),
+            ("distillguard_local_shed_account_total", "counter",
+             "Requests refused with 429 because their account had its share waiting.",
+             self.waiting.shed_account),
+        ]
+
     # -- requests ---------------------------------------------------------------------
 
     async def complete(self, request: GenerationRequest) -> Completion:
