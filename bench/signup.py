@@ -16,7 +16,8 @@ once. "Accepted" means the link showed a key; "waitlisted" means it queued the a
 Every attempt solves a real ALTCHA puzzle at the level the server asked, at
 ``--pow-cost`` (cheap, so the bench is quick); the figures also give the CPU the
 sybils' puzzles would cost at the default ``signup_pow_cost``, from a measured PBKDF2 rate.
-``bench/flood.py`` can call ``run(parser().parse_args([]))`` and read the returned dict.
+``bench/flood.py`` runs ``bench/signup.py --json`` (this bench in its own process, so
+that its peak RSS is its own) as its ``signup`` flood and reads the printed dict.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import argparse
 import asyncio
 import collections
 import hashlib
+import json
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -211,12 +214,19 @@ def parser() -> argparse.ArgumentParser:
                    help="minutes into the measured hour an admin reopens (0: never)")
     p.add_argument("--pow-cost", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true",
+                   help="print the figures as one JSON object (with this process's peak RSS)")
     return p
 
 
 def main() -> int:
     args = parser().parse_args()
     r = run(args)
+    if args.json:
+        # ru_maxrss is in KiB on Linux.
+        r["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(r))
+        return 0
     print(f"sybil burst: {args.sybils} sign-ups in {args.burst_minutes:g} min from "
           f"{args.prefixes} /24s, one fingerprint; honest {args.honest_rate:g}/h "
           f"(learned rate {r['learned_rate_per_hour']:.1f}/h after {args.warmup_hours:g} h)")

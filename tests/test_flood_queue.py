@@ -110,10 +110,15 @@ async def test_another_accounts_small_request_is_served_through_a_flood(
         await asyncio.sleep(0.3)
         outcome, waited = await one("customer", 4, priority=1)
         results = await asyncio.gather(*flood)
+        gauges = {name: value for name, _, _, value in backend.gauges()}
     finally:
         await backend.close()
     kinds = [r[0] for r in results]
     assert outcome == "served"
+    # /metrics shows the shed counts the clients saw, and an idle batch once done.
+    assert gauges["distillguard_local_shed_account_total"] == kinds.count("shed 429")
+    assert gauges["distillguard_local_shed_overloaded_total"] == kinds.count("shed 503")
+    assert gauges["distillguard_local_queue_waiting"] == 0
     # Each account's streams beyond its share, and those beyond the queue's capacity,
     # were refused at once instead of waiting.
     assert "shed 429" in kinds and "shed 503" in kinds
@@ -170,3 +175,53 @@ def test_reserved_rows_wait_for_established_accounts() -> None:
     established = FakeJob("customer", priority=1)
     q.offer(established)
     assert q.take(2, {"flood": 6}, busy=True) == [established]
+
+
+def test_take_admits_at_most_limit_jobs_per_step() -> None:
+    q = FairQueue(capacity=20, per_account=10, rows=16)
+    jobs = [FakeJob(f"a{i}") for i in range(6)]
+    for job in jobs:
+        q.offer(job)
+    assert q.take(16, {}, busy=True, limit=4) == jobs[:4]
+    assert q.take(16, {}, busy=True, limit=4) == jobs[4:]
+
+
+async def test_an_established_request_is_prefilled_on_its_own_before_the_flood(
+        tiny_model_path: Path) -> None:
+    backend = LocalBackend(tiny_model_path, model_name="tiny", max_batch=8, threads=1,
+                           queue_size=16, queue_per_account=8, reserved_rows=0,
+                           admit_per_step=0)
+    await backend.start()
+    groups: list[list[str]] = []
+    batcher = backend._batcher
+    assert batcher is not None
+    admit = batcher.admit
+
+    def recording(jobs):
+        groups.append([job.request.account for job in jobs])
+        return admit(jobs)
+
+    batcher.admit = recording  # type: ignore[method-assign]
+    take = backend.waiting.take
+
+    def all_at_once(*args, **kwargs):
+        # The worker's first take sees all six requests waiting.
+        deadline = time.monotonic() + 10
+        while len(backend.waiting) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return take(*args, **kwargs)
+
+    backend.waiting.take = all_at_once  # type: ignore[method-assign]
+    try:
+        async def one(account: str, priority: int = 0) -> None:
+            request = GenerationRequest(kind="completion", model="tiny", prompt="Once",
+                                        max_tokens=3, temperature=0, account=account,
+                                        priority=priority)
+            async for _ in backend.stream(request):
+                pass
+
+        await asyncio.gather(*[one(f"f{i}") for i in range(5)], one("customer", 1))
+    finally:
+        await backend.close()
+    # One take, two prefills: the established request's alone, then the flood's.
+    assert groups == [["customer"], [f"f{i}" for i in range(5)]]

@@ -4,6 +4,7 @@ hold every connection, oversized heads are refused; the gateway stays answerable
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -101,3 +102,39 @@ def test_an_oversized_head_is_refused(make_settings, size: int) -> None:
         # Refused before any app code ran: 431, or the connection closed mid-send.
         assert response is None or response.status_code in (400, 431)
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+
+
+def metric(page: str, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", page, re.M)
+    assert found is not None, f"{name} not on /metrics"
+    return float(found.group(1))
+
+
+def test_metrics_count_refused_and_open_connections_without_per_address_series(
+        make_settings) -> None:
+    settings = make_settings(http_max_connections_per_address=3, detection=False)
+    with guarded_server(settings) as (port, guard, _):
+        url = f"http://127.0.0.1:{port}/metrics"
+        before = httpx.get(url, timeout=5).text
+        assert metric(before, "distillguard_http_connections_refused_total") == 0
+        series = {line.split(" ")[0] for line in before.splitlines()
+                  if line and not line.startswith("#")}
+        # Three addresses hold connections, the first beyond its cap of 3.
+        held = [slow_client(port, source) for source in ("127.0.0.2",) * 5
+                + ("127.0.0.3", "127.0.0.4")]
+        deadline = time.monotonic() + 5
+        while guard.refused_per_address < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        page = httpx.get(url, timeout=5).text
+        for s in held:
+            s.close()
+    assert metric(page, "distillguard_http_connections_refused_total") == 2
+    # 3 + 1 + 1 slow ones and the scrape's own connection.
+    assert metric(page, "distillguard_http_connections_open") == 6
+    assert metric(page, "distillguard_http_client_addresses") == 4
+    assert metric(page, "distillguard_http_header_timeouts_total") == 0
+    after = {line.split(" ")[0] for line in page.splitlines()
+             if line and not line.startswith("#")}
+    # New addresses add no series (only the scrape's own request count is new).
+    assert {s for s in after - series if "127.0.0" in s} == set()
+    assert {s for s in after - series if not s.startswith("distillguard_request")} == set()

@@ -332,6 +332,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("local_reserved_rows", int, 2, "Rows of the local backend's batch kept for "
             "established accounts, so that their requests start within a step or two "
             "even while a flood holds every other row."),
+    Setting("local_admit_per_step", int, 4, "Requests the local backend prefills "
+            "between two decode steps (0: as many as there are free rows). Bounds how long "
+            "one step can take when many rows free up at once, which is what a newly "
+            "arrived request waits for."),
     Setting("established_account_age", float, 604_800.0, "Seconds since its key was "
             "created after which an account counts as established: it is served first "
             "and shed last under load (0: every account is)."),

@@ -174,14 +174,15 @@ class FairQueue:
                 self._cond.wait()
             return not self._closed
 
-    def take(self, free: int, running: Mapping[str, int], *, busy: bool) -> list[Waiting]:
+    def take(self, free: int, running: Mapping[str, int], *, busy: bool,
+             limit: int = 0) -> list[Waiting]:
         """The waiting jobs that join the batch now (``free`` rows, ``running`` rows per
-        account). ``busy``: the batch has rows; if not, one job wider than the whole batch
-        still runs, alone."""
+        account), at most ``limit`` of them (0: no limit). ``busy``: the batch has rows;
+        if not, one job wider than the whole batch still runs, alone."""
         taken: list[Waiting] = []
         holding = dict(running)
         with self._cond:
-            while self._size:
+            while self._size and (limit <= 0 or len(taken) < limit):
                 best: tuple[int, int, int] | None = None
                 best_account = ""
                 for account, jobs in list(self._by_account.items()):

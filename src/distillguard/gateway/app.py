@@ -70,12 +70,14 @@ def build_app(settings: Settings, *, backend: Backend | None = None,
     runtime = Runtime(settings, backend=backend, store=store, watermark=watermark,
                       clock=clock, driver=driver)
     # Built here so that bad sign-up settings fail at build time, started after the
-    # runtime (it needs the store and the policy engine).
-    signup = SignupService(settings)
-    runtime.signup = signup
+    # runtime (it needs the store and the policy engine). Read from the runtime at start,
+    # so that a bench can hand in one with its own clock and mailer before start-up.
+    runtime.signup = SignupService(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        signup = runtime.signup
+        assert signup is not None
         await runtime.start()
         try:
             await signup.start(store=runtime.store, policy=runtime.policy)

@@ -52,7 +52,9 @@ _431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/pla
 
 class ConnectionGuard:
     """Server-wide state of the connection limits: open connections per address and
-    counts of what was cut (exported on ``/metrics``)."""
+    counts of what was cut, exported on ``/metrics`` (``server_config`` hands ``gauges``
+    to the app's runtime). The series carry no labels: addresses stay in ``open``, out of
+    the metrics, so that no client can add series."""
 
     def __init__(self, *, header_timeout: float, body_timeout: float, max_header_bytes: int,
                  per_address: int) -> None:
@@ -61,6 +63,8 @@ class ConnectionGuard:
         self.max_header_bytes = max_header_bytes
         self.per_address = per_address
         self.open: dict[str, int] = {}
+        self.connections = 0  # open now, whatever their address
+        self.accepted = 0
         self.refused_per_address = 0
         self.header_timeouts = 0
         self.body_timeouts = 0
@@ -77,6 +81,14 @@ class ConnectionGuard:
     def gauges(self) -> list[tuple[str, str, str, float]]:
         """(name, type, help, value) series for the metrics page."""
         return [
+            ("distillguard_http_connections_open", "gauge",
+             "HTTP connections open now (those refused at accept not counted).",
+             self.connections),
+            ("distillguard_http_client_addresses", "gauge",
+             "Client addresses with a connection open now (tracked while "
+             "http_max_connections_per_address is set).", len(self.open)),
+            ("distillguard_http_connections_accepted_total", "counter",
+             "HTTP connections accepted and kept.", self.accepted),
             ("distillguard_http_connections_refused_total", "counter",
              "Connections closed at once: their address had too many open.",
              self.refused_per_address),
@@ -102,6 +114,7 @@ def guarded_protocol(base: type, guard: ConnectionGuard) -> type:
     class Guarded(base):  # type: ignore[misc]
         _dg_timer: asyncio.TimerHandle | None = None
         _dg_addr: str | None = None
+        _dg_counted = False
         _dg_head_bytes = 0
         _dg_cycle: Any = None  # the request whose body timer is armed
 
@@ -116,10 +129,16 @@ def guarded_protocol(base: type, guard: ConnectionGuard) -> type:
                     return
                 guard.open[addr] = guard.open.get(addr, 0) + 1
                 self._dg_addr = addr
+            self._dg_counted = True
+            guard.connections += 1
+            guard.accepted += 1
             self._dg_arm(guard.header_timeout, "head")
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._dg_cancel()
+            if self._dg_counted:
+                self._dg_counted = False
+                guard.connections -= 1
             addr = self._dg_addr
             if addr is not None:
                 self._dg_addr = None
@@ -228,10 +247,14 @@ def guarded_protocol(base: type, guard: ConnectionGuard) -> type:
 
 def server_config(app: Any, settings: Settings, *, guard: ConnectionGuard | None = None,
                   **overrides: Any) -> Any:
-    """The ``uvicorn.Config`` that serves ``app`` with the ``http_*`` limits."""
+    """The ``uvicorn.Config`` that serves ``app`` with the ``http_*`` limits; a gateway
+    app (``build_app``) shows the guard's counts on its ``/metrics``."""
     import uvicorn
 
     guard = guard or ConnectionGuard.from_settings(settings)
+    runtime = getattr(getattr(app, "state", None), "runtime", None)
+    if runtime is not None:
+        runtime.add_gauges(guard.gauges)
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:  # httptools is optional for uvicorn

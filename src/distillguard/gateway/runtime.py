@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from distillguard.backends.base import Backend, backend_from_settings
@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from distillguard.watermark.service import WatermarkService
 
 log = logging.getLogger("distillguard.gateway")
+
+# (name, type, help, value) series for /metrics, unlabelled.
+Gauge = tuple[str, str, str, float]
+GaugeSource = Callable[[], list[Gauge]]
 
 
 class NotStarted(RuntimeError):
@@ -82,6 +86,7 @@ class Runtime:
         self._writer: EventWriter | None = None
         self._policy: PolicyEngine | None = None
         self._pending_tokens: set[asyncio.Task[None]] = set()
+        self._gauge_sources: list[GaugeSource] = []
 
     # --- parts (typed, present once started) -------------------------------------------
     @property
@@ -167,6 +172,9 @@ class Runtime:
 
             self.watermark = await asyncio.to_thread(WatermarkService.from_settings, settings)
         await self._backend.start()
+        backend_gauges = getattr(self._backend, "gauges", None)
+        if callable(backend_gauges):
+            self.add_gauges(backend_gauges)
 
     async def close(self) -> None:
         if self._backend is not None:
@@ -218,8 +226,15 @@ class Runtime:
         if self.driver is not None and event.account is not None:
             self.driver.submit(event)
 
+    def add_gauges(self, source: GaugeSource) -> None:
+        """Show ``source()``'s series on ``/metrics`` too (the HTTP server's connection
+        guard, which lives outside the app). Series must carry no client-chosen labels."""
+        if source not in self._gauge_sources:
+            self._gauge_sources.append(source)
+
     def gauges(self) -> list[tuple[str, str, str, float]]:
-        """The runtime's own series for ``/metrics``: event writer and detection."""
+        """The series for ``/metrics`` beyond requests: event writer, the local backend's
+        queue, and what ``add_gauges`` registered."""
         out: list[tuple[str, str, str, float]] = []
         if self._writer is not None:
             out += [
@@ -231,4 +246,6 @@ class Runtime:
                 ("distillguard_events_shed_total", "counter", "Events of refused requests "
                  "dropped under the writer's overflow policy.", self._writer.shed),
             ]
+        for source in self._gauge_sources:
+            out += source()
         return out
