@@ -255,6 +255,31 @@ async def test_login_failures_count_per_name_across_addresses_and_per_address(
         assert (await login(client, "dave", "guess-number-three")).status_code == 429
 
 
+async def test_guesses_from_elsewhere_cannot_lock_a_known_browser_out(harness_factory):
+    h = await harness_factory(trust_forwarded_for=True, console_login_failures=2)
+    async with h.http() as analyst, h.http() as attacker, h.http() as stranger:
+        analyst.headers["x-forwarded-for"] = "192.0.2.7"
+        r = await login(analyst)
+        assert r.status_code == 303 and "dg_console_device=" in r.headers["set-cookie"]
+        for i in range(3):  # someone else spends the admin token's failures
+            attacker.headers["x-forwarded-for"] = f"198.51.100.{i}"
+            await login(attacker, secret="wrong-token-attempt")
+        stranger.headers["x-forwarded-for"] = "203.0.113.5"
+        assert (await login(stranger)).status_code == 429
+        # A forged device cookie is worth nothing.
+        stranger.cookies.set("dg_console_device", "admin:99999999999:" + "0" * 32,
+                             path="/console/")
+        assert (await login(stranger)).status_code == 429
+        # The analyst's browser logged in as admin before, so the name's lock spares it.
+        assert (await login(analyst)).status_code == 303
+        # An address's own failures still lock even a known browser.
+        for name in ("bob", "carol"):
+            attacker.headers["x-forwarded-for"] = "198.51.100.77"
+            await login(attacker, name, "guess-number-one")
+        analyst.headers["x-forwarded-for"] = "198.51.100.77"
+        assert (await login(analyst)).status_code == 429
+
+
 def test_login_throttle_memory_is_bounded_and_rotation_keeps_a_names_count():
     from distillguard.clock import ManualClock
     from distillguard.console.auth import LoginThrottle

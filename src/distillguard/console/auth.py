@@ -194,16 +194,21 @@ class LoginThrottle:
             times.popleft()
         return times
 
-    def begin(self, addr: str, name: str) -> float | None:
+    def begin(self, addr: str, name: str, *, known_device: bool = False) -> float | None:
         """Seconds to wait when the address or the name is over its limit (nothing is
-        counted then); else None, and the attempt is counted as a failure."""
+        counted then); else None, and the attempt is counted as a failure.
+
+        ``known_device``: the browser carries a device cookie from an earlier successful
+        log-in under this name, so the name's lock does not apply to it (its address's
+        still does). Otherwise anyone could lock an analyst, or every holder of the admin
+        token, out of the console with a few wrong guesses from a few addresses."""
         now = self.clock()
         keys = (addr, name)
         with self._lock:
             waits = []
-            for table, key in zip(self._failures, keys):
+            for i, (table, key) in enumerate(zip(self._failures, keys)):
                 times = self._live(table, key, now)
-                if len(times) >= self.limit:
+                if len(times) >= self.limit and not (i == 1 and known_device):
                     waits.append(times[0] + self.window - now)
                     table.move_to_end(key)  # a name under attack stays in the table
             if waits:
@@ -240,6 +245,35 @@ class LoginThrottle:
                 return False
             self._audits.append(now)
             return True
+
+
+class DeviceCookies:
+    """Cookies that mark a browser which has logged in under a name before (OWASP's
+    "device cookie" defence against lock-out): ``name:expiry:mac``, the MAC keyed by a
+    secret of this process, so a restart forgets every device (it then logs in as any
+    other until its next success). They carry no session and grant nothing but an
+    exemption from the name's log-in lock."""
+
+    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.time) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._key = secrets.token_bytes(32)
+
+    def _mac(self, name: str, expiry: int) -> str:
+        msg = f"{name}\0{expiry}".encode()
+        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:32]
+
+    def issue(self, name: str) -> str:
+        expiry = int(self.clock() + self.ttl)
+        return f"{name}:{expiry}:{self._mac(name, expiry)}"
+
+    def known(self, cookie: str | None, name: str) -> bool:
+        """Whether ``cookie`` is a live device cookie this process issued for ``name``."""
+        if not cookie or cookie.count(":") < 2:
+            return False
+        rest, expiry_text, mac = cookie.rsplit(":", 2)
+        if rest != name or not expiry_text.isdigit() or int(expiry_text) < self.clock():
+            return False
+        return hmac.compare_digest(mac, self._mac(name, int(expiry_text)))
 
 
 def same(a: str | None, b: str | None) -> bool:

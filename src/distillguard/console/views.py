@@ -26,6 +26,7 @@ from distillguard.console.auth import (
     ADMIN_ANALYST,
     NAME,
     AnalystStore,
+    DeviceCookies,
     LoginThrottle,
     Session,
     client_key,
@@ -38,6 +39,8 @@ log = logging.getLogger("distillguard.console")
 
 SESSION_COOKIE = "dg_console"
 LOGIN_COOKIE = "dg_console_login"
+DEVICE_COOKIE = "dg_console_device"
+DEVICE_TTL = 30 * 86400.0
 PAGE_SIZE = 50
 # The overview chart's windows: the day, zoomed in while all traffic fits a shorter one.
 ZOOMS = (86400.0, 14400.0, 3600.0, 600.0, 120.0)
@@ -69,6 +72,7 @@ class Console:
         self.analysts = AnalystStore(settings.data_path)
         self.throttle = LoginThrottle(settings.console_login_failures,
                                       settings.console_login_window, clock=clock)
+        self.devices = DeviceCookies(DEVICE_TTL, clock=clock)
         self.forensics_dir = Path(settings.console_forensics_dir
                                   or settings.data_path / "forensics")
 
@@ -204,7 +208,8 @@ async def login(request: Request) -> Response:
     # The admin token is one name; a name that cannot exist is counted as one, so that
     # made-up names cannot spread guesses over many keys (or fill the table's memory).
     who = ADMIN_ANALYST if not name else name if NAME.match(name) else "(invalid name)"
-    wait = console.throttle.begin(addr, who)
+    known = console.devices.known(request.cookies.get(DEVICE_COOKIE), who)
+    wait = console.throttle.begin(addr, who, known_device=known)
     if wait is not None:
         seconds = int(wait + 0.999)
         return _login_page(console, target, "Too many failed log-ins from this address or "
@@ -230,6 +235,10 @@ async def login(request: Request) -> Response:
                     httponly=True, samesite="strict", path="/console/",
                     secure=request.url.scheme == "https")
     resp.delete_cookie(LOGIN_COOKIE, path="/console/")
+    # This browser may log in under this name while the name is locked by others' guesses.
+    resp.set_cookie(DEVICE_COOKIE, console.devices.issue(who), max_age=int(DEVICE_TTL),
+                    httponly=True, samesite="strict", path="/console/",
+                    secure=request.url.scheme == "https")
     return resp
 
 
