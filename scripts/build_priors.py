@@ -1,12 +1,14 @@
 """Build ``detection/priors.json`` from real ShareGPT traffic.
 
-Usage: python scripts/build_priors.py [--skip 8000] [--records 6000] [--out PATH]
+Usage: python scripts/build_priors.py [--skip N] [--records 6000] [--out PATH]
 
-Skips the first ``--skip`` conversations (the simulator draws from the first 4,000, so
-the priors never see the evaluation's prompts), groups the next ``--records`` into
-accounts of consecutive conversations (log-normal sizes, median 6), sends every human
-turn as a request carrying the earlier turns with the real assistant answers, and
-records each timing-free signal's median, 90th and 99th percentile over the accounts.
+Skips the first ``--skip`` records (default: every record up to the last one the
+simulator's two splits draw from, ``simulate.corpus.end_index(8000)``, so the priors
+never see the evaluation's prompts; file index 9,354 with the packaged data), groups
+the next ``--records`` into accounts of consecutive conversations (log-normal sizes,
+median 6), sends every human turn as a request carrying the earlier turns with the real
+assistant answers, and records each timing-free signal's median, 90th and 99th
+percentile over the accounts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from distillguard.detection.features import request_features
 from distillguard.detection.pipeline import DetectionPipeline
 from distillguard.sharegpt import conversations
+from distillguard.simulate.corpus import end_index
+from distillguard.simulate.splits import CORPUS
 from distillguard.telemetry.events import RequestEvent
 
 # Signals whose value needs no timing, parameters or embeddings: ShareGPT records
@@ -41,10 +45,13 @@ def turns(record: dict) -> list[tuple[str, str]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--skip", type=int, default=8000)
+    ap.add_argument("--skip", type=int, default=None,
+                    help="records to skip (default: past the simulator's corpus)")
     ap.add_argument("--records", type=int, default=6000)
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
+    if args.skip is None:
+        args.skip = end_index(max(start + n for start, n in CORPUS.values()))
     rng = random.Random(7)
     records = list(itertools.islice(conversations(), args.skip, args.skip + args.records))
     pipeline = DetectionPipeline(None, signals=list(PRIOR_SIGNALS))

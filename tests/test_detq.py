@@ -198,3 +198,20 @@ def test_adaptive_search_space_stays_in_bounds():
     for _ in range(200):
         p = mutate(rng, p)
         assert 0.05 <= p["per_account_rpm"] <= 20 and 0 <= p["cover_share"] <= 0.95
+
+
+def test_priors_and_reference_share_no_conversation_with_the_evaluation():
+    import json
+    import re
+    from importlib import resources
+
+    from distillguard.simulate.corpus import end_index
+    from distillguard.simulate.splits import CORPUS
+
+    first_unused = end_index(max(start + n for start, n in CORPUS.values()))
+    text = (resources.files("distillguard.detection") / "priors.json").read_text()
+    start, end = map(int, re.search(r"records (\d+)\.\.(\d+)", json.loads(text)["source"])
+                     .groups())
+    assert first_unused <= start < end
+    # The prompt-distribution reference is built from file index 16,000 on.
+    assert end <= 16000

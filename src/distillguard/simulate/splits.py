@@ -9,11 +9,11 @@
   held out come from this split only; the adaptive attacker (``simulate.adaptive``)
   searches in its world.
 
-The priors (``detection/priors.json``) are built from file indices 8000..14000 of the
-unfiltered corpus; the splits' 8000 filtered conversations end at file index 9354, so
-the priors and the test split's corpus overlap in file indices 8000..9354. The
-prompt-distribution reference (``detection/prompt_reference.npz``) starts at file index
-16000 and shares none.
+The splits' 8000 filtered conversations end at file index 9354. The priors
+(``detection/priors.json``) are built from the records after it
+(``simulate.corpus.end_index``: file indices 9355..15355), and the prompt-distribution
+reference (``detection/prompt_reference.npz``) from file index 16000 on, so neither
+shares a conversation with either split.
 """
 
 from __future__ import annotations
