@@ -29,6 +29,7 @@ BAD = [
     ("watermark_context_width", 17, "must be between 0 and 16"),
     ("watermark_context_width", -1, "must be between 0 and 16"),
     ("watermark_gamma", 0, "must be above 0 and at most 0.99"),
+    ("watermark_delta", 0, "must be above 0"),
     ("upstream_timeout", 0, "must be above 0"),
     ("event_flush_interval", float("nan"), "must be a number"),
 ]

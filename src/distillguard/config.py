@@ -294,7 +294,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("watermark_gamma", float, 0.25, "Green-list share of the vocabulary "
             "(greenlist).", above=0, maximum=0.99),
     Setting("watermark_delta", float, 2.0, "Logit bias added to green tokens "
-            "(greenlist); the policy's degrade action multiplies it.", minimum=0),
+            "(greenlist); the policy's degrade action multiplies it.", above=0),
     Setting("watermark_context_width", int, 1, "Tokens before each position that seed "
             "its keyed partition (0..16), for greenlist.", minimum=0, maximum=16),
     Setting("watermark_exponential_context_width", int, 4, "Context width for the "
