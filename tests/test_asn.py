@@ -105,10 +105,14 @@ def _swarm_campaign(settings, addr_of):
     return top
 
 
-@pytest.mark.parametrize("addr_of", [
-    lambda m, rnd: f"192.0.{10 * m + 3}.{rnd.randint(1, 250)}",
-    lambda m, rnd: f"2001:db8:{m + 1:x}::{rnd.randint(1, 999):x}",
-], ids=["ipv4", "ipv6"])
+_SWARM_ADDRESSES = {
+    "ipv4": lambda m, rnd: f"192.0.{10 * m + 3}.{rnd.randint(1, 250)}",
+    "ipv6": lambda m, rnd: f"2001:db8:{m + 1:x}::{rnd.randint(1, 999):x}",
+}
+
+
+@pytest.mark.parametrize("addr_of", list(_SWARM_ADDRESSES.values()),
+                         ids=list(_SWARM_ADDRESSES))
 def test_a_swarm_rotating_prefixes_in_one_as_shows_it_and_is_acted_on(table, addr_of):
     without = _swarm_campaign(Settings.load(env={}), addr_of)
     assert not any(e.kind == "shared_asn" for e in without.evidence)
@@ -149,3 +153,21 @@ def test_a_malformed_table_stops_the_start_naming_file_and_line(tmp_path, comman
     assert done.returncode == 2, done.stderr
     assert done.stderr == (f"distillguard: asn_table {bad}, line 2: AS number 'AS??' is "
                            f"not a number\n")
+
+
+def test_the_console_graph_draws_the_shared_as_as_a_hub(table):
+    from types import SimpleNamespace
+
+    from distillguard.console.graph import campaign_graph
+
+    addr_of = _SWARM_ADDRESSES["ipv4"]
+    for settings, drawn in ((Settings.load(env={}, asn_table=table), True),
+                            (Settings.load(env={}), False)):
+        pipeline = DetectionPipeline(settings)
+        pipeline.observe_many(_traffic(addr_of))
+        top = next(c for c in pipeline.refresh() if "swarm0" in c.members)
+        gateway = SimpleNamespace(detection=pipeline,
+                                  store=SimpleNamespace(list_keys=lambda account: []))
+        view = {"members": top.members, "member_actions": [], "core": top.core}
+        svg = str(campaign_graph(gateway, view))
+        assert ("AS64500 (Example Net) (4 accounts)" in svg) is drawn

@@ -1,7 +1,8 @@
 """A campaign drawn as a graph: its members, and the shared evidence each one carries.
 
 Each piece of evidence that ties two or more members (one address prefix with one user
-agent, one repeated prompt template, one client fingerprint, one key-creation burst)
+agent, one repeated prompt template, one client fingerprint, one key-creation burst, one
+autonomous system across prefixes when ``asn_table`` is set)
 becomes a hub; a member links to every hub it shares. The buckets are the ones campaign
 clustering links accounts by (``detection/campaigns.py``), read from the members'
 profiles, so the picture shows why the accounts were put together.
@@ -27,7 +28,9 @@ MAX_HUBS = 12
 
 def _buckets(gateway: Any, members: list[str]) -> dict[tuple[str, Any], list[str]]:
     detection = gateway.detection
+    table = getattr(detection, "asn_table", None)
     buckets: dict[tuple[str, Any], list[str]] = defaultdict(list)
+    by_system: dict[str, dict[str, str]] = defaultdict(dict)  # AS -> member -> prefix
     first_key: list[tuple[float, str]] = []
     for m in members:
         prof = detection.profile_of(m)
@@ -35,6 +38,9 @@ def _buckets(gateway: Any, members: list[str]) -> dict[tuple[str, Any], list[str
             prefix, agent = prof.top(prof.prefixes), prof.top(prof.agents)
             if prefix and agent:
                 buckets[("shared_infrastructure", f"{prefix} · {agent[:24]}")].append(m)
+            system = table.lookup(prefix) if table is not None and prefix else None
+            if system is not None:
+                by_system[str(system)][m] = prefix
             for band, count in prof.bands.items():
                 if count >= MIN_TEMPLATE_REPEATS:
                     buckets[("shared_template", band)].append(m)
@@ -44,6 +50,11 @@ def _buckets(gateway: Any, members: list[str]) -> dict[tuple[str, Any], list[str
         keys = gateway.store.list_keys(m)
         if keys:
             first_key.append((min(k.created_at for k in keys), m))
+    # One AS across several prefixes, as the campaign's shared_asn evidence counts it
+    # (within one prefix, the shared-network hub says it already).
+    for system, prefixes in by_system.items():
+        if len(set(prefixes.values())) >= 2:
+            buckets[("shared_asn", system)] = list(prefixes)
     first_key.sort()
     burst: list[str] = []
     last = None
@@ -60,7 +71,8 @@ def _buckets(gateway: Any, members: list[str]) -> dict[tuple[str, Any], list[str
 
 
 _LABELS = {"shared_infrastructure": "same network + agent", "shared_template": "template",
-           "shared_client": "client fingerprint", "key_burst": "key burst"}
+           "shared_client": "client fingerprint", "key_burst": "key burst",
+           "shared_asn": "one AS"}
 
 
 def campaign_graph(gateway: Any, view: dict[str, Any]) -> Markup:
@@ -78,7 +90,7 @@ def campaign_graph(gateway: Any, view: dict[str, Any]) -> Markup:
     hubs, edges = [], []
     for i, ((kind, value), accts) in enumerate(kept):
         label = _LABELS[kind]
-        if kind == "shared_infrastructure":
+        if kind in ("shared_infrastructure", "shared_asn"):
             label = str(value)
         elif kind == "shared_template":
             label = f"template #{i + 1}"

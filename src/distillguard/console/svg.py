@@ -90,9 +90,11 @@ def link_graph(accounts: Sequence[tuple[str, str]], hubs: Sequence[tuple[str, st
                      f'class="edge {escape(kind)}"/>')
     for hub, kind, label in hubs:
         x, y = pos["h:" + hub]
+        # The whole label is in the hub's title; the text says where it was cut.
+        shown = label if len(label) <= 28 else label[:27] + "…"
         parts.append(f'<g class="hub {escape(kind)}"><circle cx="{x:.1f}" cy="{y:.1f}" r="9"/>'
                      f'<title>{escape(label)}</title><text x="{x:.1f}" y="{y - 13:.1f}" '
-                     f'text-anchor="middle">{escape(label[:28])}</text></g>')
+                     f'text-anchor="middle">{escape(shown)}</text></g>')
     for name, cls in accounts:
         x, y = pos["a:" + name]
         a = math.atan2(y - cy, x - cx)
