@@ -28,12 +28,18 @@ def state_of(signal: PromptDistributionSignal, ref, x: np.ndarray) -> list:
     return state
 
 
-def test_mmd_is_near_zero_for_real_like_prompts_and_large_for_one_region():
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((12, DIM))
-    ref = build_reference(clusters(rng, 3000, centres))
+def _world(rng, n_centres, n_reference):
+    """Cluster centres, a reference built from them, and the signal reading it."""
+    centres = rng.standard_normal((n_centres, DIM))
+    ref = build_reference(clusters(rng, n_reference, centres))
     signal = PromptDistributionSignal()
     signal.reference = ref
+    return centres, ref, signal
+
+
+def test_mmd_is_near_zero_for_real_like_prompts_and_large_for_one_region():
+    rng = np.random.default_rng(0)
+    centres, ref, signal = _world(rng, 12, 3000)
     alike = [signal.value(state_of(signal, ref, clusters(rng, 200, centres)))
              for _ in range(20)]
     narrow = signal.value(state_of(signal, ref, clusters(rng, 200, centres[:1])))
@@ -47,10 +53,7 @@ def test_mmd_is_near_zero_for_real_like_prompts_and_large_for_one_region():
 
 def test_sketches_pool_exactly_and_stay_fixed_size():
     rng = np.random.default_rng(1)
-    centres = rng.standard_normal((6, DIM))
-    ref = build_reference(clusters(rng, 1000, centres))
-    signal = PromptDistributionSignal()
-    signal.reference = ref
+    centres, ref, signal = _world(rng, 6, 1000)
     a, b = clusters(rng, 30, centres[:2]), clusters(rng, 50, centres[2:])
     merged = signal.merge([state_of(signal, ref, a), state_of(signal, ref, b)])
     whole = state_of(signal, ref, np.concatenate([a, b]))

@@ -40,6 +40,13 @@ def _brute(events, start, bucket_s, n, until):
     return requests, [len(a) for a in accounts]
 
 
+def _wait_for_counts():
+    """Let the index's background counts finish."""
+    for thread in threading.enumerate():
+        if thread.name == "distillguard-traffic-count":
+            thread.join(10)
+
+
 def _events(rnd, k, lo, hi, offset=0):
     return [make_event(offset + i, ts=rnd.uniform(lo, hi), account=f"a{rnd.randint(0, 40)}")
             for i in range(k)]
@@ -86,9 +93,7 @@ def test_first_read_answers_incomplete_while_the_count_runs_then_complete(tmp_pa
     full = _brute(events, h["start"], 1440.0, 60, NOW)
     assert h["requests"][-1] == full[0][-1] and sum(h["requests"]) < sum(full[0])
     counting.hold.set()
-    for thread in threading.enumerate():
-        if thread.name == "distillguard-traffic-count":
-            thread.join(10)
+    _wait_for_counts()
     h = index.histogram(gateway, window=DAY, buckets=60)
     assert h["complete"] and (h["requests"], h["accounts"]) == full
     store.close()
@@ -107,9 +112,7 @@ def test_kept_buckets_are_recounted_in_the_background(tmp_path):
     # ...until the kept buckets are recounted.
     mono.t = queries.RECOUNT_S + 1
     index.histogram(gateway, window=DAY, buckets=60)
-    for thread in threading.enumerate():
-        if thread.name == "distillguard-traffic-count":
-            thread.join(10)
+    _wait_for_counts()
     after = index.histogram(gateway, window=DAY, buckets=60)
     assert sum(after["requests"]) == sum(before["requests"]) + 1
     store.close()
@@ -132,9 +135,7 @@ def test_warm_starts_the_count_without_waiting_for_it(tmp_path):
     assert not index.histogram(gateway, window=DAY, buckets=60)["complete"]
     assert time.perf_counter() - started < 5
     counting.hold.set()
-    for thread in threading.enumerate():
-        if thread.name == "distillguard-traffic-count":
-            thread.join(10)
+    _wait_for_counts()
     h = index.histogram(gateway, window=DAY, buckets=60)
     assert h["complete"] and (h["requests"], h["accounts"]) == _brute(
         events, h["start"], 1440.0, 60, NOW)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from distillguard.backends.base import Backend, backend_from_settings
 from distillguard.clock import Clock, wall_clock
@@ -43,10 +43,18 @@ log = logging.getLogger("distillguard.gateway")
 # (name, type, help, value) series for /metrics, unlabelled.
 Gauge = tuple[str, str, str, float]
 GaugeSource = Callable[[], list[Gauge]]
+T = TypeVar("T")
 
 
 class NotStarted(RuntimeError):
     """A part of the runtime was used before ``start()`` built it."""
+
+
+def _started(part: T | None, name: str) -> T:
+    """A part that ``start()`` builds, or ``NotStarted`` naming it."""
+    if part is None:
+        raise NotStarted(f"runtime.{name} before start()")
+    return part
 
 
 class Runtime:
@@ -91,33 +99,23 @@ class Runtime:
     # --- parts (typed, present once started) -------------------------------------------
     @property
     def backend(self) -> Backend:
-        if self._backend is None:
-            raise NotStarted("runtime.backend before start()")
-        return self._backend
+        return _started(self._backend, "backend")
 
     @property
     def store(self) -> Store:
-        if self._store is None:
-            raise NotStarted("runtime.store before start()")
-        return self._store
+        return _started(self._store, "store")
 
     @property
     def keys(self) -> KeyCache:
-        if self._keys is None:
-            raise NotStarted("runtime.keys before start()")
-        return self._keys
+        return _started(self._keys, "keys")
 
     @property
     def writer(self) -> EventWriter:
-        if self._writer is None:
-            raise NotStarted("runtime.writer before start()")
-        return self._writer
+        return _started(self._writer, "writer")
 
     @property
     def policy(self) -> PolicyEngine:
-        if self._policy is None:
-            raise NotStarted("runtime.policy before start()")
-        return self._policy
+        return _started(self._policy, "policy")
 
     @property
     def snapshot(self) -> DetectionSnapshot:
