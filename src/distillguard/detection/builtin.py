@@ -682,10 +682,10 @@ class _Haul(_Builtin):
         live = [s for s in states if s[0] >= 0]
         if not live:
             return self.new_state()
-        # One allowance for the pool: linked accounts do not each get their own.
+        # No allowance for a linked group: a benchmark run is one account's, and
+        # linked accounts splitting greedy harvest between them are not a harness.
         return [min(s[0] for s in live), max(s[1] for s in live),
-                sum(s[2] for s in live), sum(s[3] for s in live),
-                sum(s[4] for s in live)]
+                sum(s[2] + s[4] for s in live), sum(s[3] for s in live), 0.0]
 
     def value(self, state: list[float]) -> float | None:
         if state[3] < 5:

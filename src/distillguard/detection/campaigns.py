@@ -270,7 +270,9 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
             run = []
         run.append(a)
         last = t
-    limit = max(MIN_MEMBERS, len(members) // 2)
+    # "Half the population" counts every account with a key, not only those seen so
+    # far: a swarm that is most of the recently active accounts is still a few of all.
+    limit = max(MIN_MEMBERS, max(len(members), len(key_times)) // 2)
     uf = _UnionFind()
     kinds_of: dict[str, set[str]] = defaultdict(set)
     for (kind, _), accts in buckets.items():
@@ -280,7 +282,7 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
             uf.union(accts[0], a)
         for a in accts:
             kinds_of[a].add(kind)
-    _merge_by_client(uf, kinds_of, members)
+    _merge_by_client(uf, kinds_of, members, limit)
     groups: dict[str, list[str]] = defaultdict(list)
     for a in kinds_of:
         groups[uf.find(a)].append(a)
@@ -331,7 +333,7 @@ def burst_gap(times: list[float]) -> float:
 
 
 def _merge_by_client(uf: _UnionFind, kinds_of: dict[str, set[str]],
-                     members: dict[str, Any]) -> None:
+                     members: dict[str, Any], limit: int) -> None:
     """Join groups that other evidence formed when they send with one client fingerprint.
 
     A fingerprint alone would join every user of one app with default settings, so it
@@ -347,7 +349,6 @@ def _merge_by_client(uf: _UnionFind, kinds_of: dict[str, set[str]],
     sizes: dict[str, int] = defaultdict(int)
     for a in kinds_of:
         sizes[uf.find(a)] += 1
-    limit = max(MIN_MEMBERS, len(members) // 2)
     for accts in by_client.values():
         if len(accts) > limit:
             continue

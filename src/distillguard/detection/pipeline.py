@@ -50,6 +50,7 @@ from distillguard.detection.signals import (
     Baseline,
     EventFeatures,
     Signal,
+    capped,
     create_signal,
     signal_names,
 )
@@ -547,8 +548,9 @@ class DetectionPipeline:
             # A handful of accounts is no baseline: the prior, else none at all.
             if len(vs) >= self.baseline_min_accounts:
                 arr = np.asarray(vs)
-                baselines[name] = Baseline(float(np.median(arr)),
-                                           float(np.percentile(arr, 90)), len(vs))
+                baselines[name] = capped(Baseline(float(np.median(arr)),
+                                                  float(np.percentile(arr, 90)), len(vs)),
+                                         self.priors.get(name))
             elif name in self.priors:
                 baselines[name] = self.priors[name]
         self._baselines = baselines
