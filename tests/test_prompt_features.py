@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from distillguard.clock import ManualClock
 from distillguard.detection.driver import ManualDriver, manual_driver
 from distillguard.detection.elicitation import EXEMPLARS, Elicitation
 from distillguard.detection.embedder import CachedEmbedder
@@ -24,6 +25,7 @@ from distillguard.telemetry.events import RequestEvent
 
 DIM = 24
 TOPICS = 8
+T0 = 1_750_000_000.0
 MARKER = "zqxjv"  # in every prompt: it must not reach the event log
 EMBEDDING_SIGNALS = ("coverage", "elicitation", "prompt_distribution")
 
@@ -84,7 +86,9 @@ async def replay(make_settings, tmp_path: Path, retain: bool, sample: float, **e
     settings = make_settings(data_dir=str(data), retain_prompts=retain,
                              detection_embeddings=True, detection_embedding_sample=sample,
                              **extra)
-    app = build_app(settings, driver=manual_driver, prompt_space=make_space(sample))
+    clock = ManualClock(T0)  # the same arrival times in both runs
+    app = build_app(settings, driver=manual_driver, prompt_space=make_space(sample),
+                    clock=clock)
     import httpx
 
     async with app.router.lifespan_context(app):
@@ -92,7 +96,8 @@ async def replay(make_settings, tmp_path: Path, retain: bool, sample: float, **e
         keys = {a: runtime.store.create_key(a)[1] for a in ("sweeper", "spread")}
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-            for account, ask in prompts():
+            for i, (account, ask) in enumerate(prompts()):
+                clock.advance(T0 + 20.0 * i + (i * 7919 % 13))
                 r = await http.post("/v1/chat/completions", headers={
                     "Authorization": f"Bearer {keys[account]}"}, json={
                     "model": "echo", "max_tokens": 16,
@@ -103,8 +108,8 @@ async def replay(make_settings, tmp_path: Path, retain: bool, sample: float, **e
         assert isinstance(driver, ManualDriver)
         await asyncio.to_thread(driver.round, len(prompts()))
         pipeline = driver.pipeline
-        values = {a: {r.signal: r.value for r in pipeline.signals_of(a)
-                      if r.signal in EMBEDDING_SIGNALS} for a in ("sweeper", "spread")}
+        values = {a: {r.signal: r.value for r in pipeline.signals_of(a)}
+                  for a in ("sweeper", "spread")}
         states = {a: pipeline._accounts[a].states for a in ("sweeper", "spread")}
         topics = {a: dict(pipeline.profile_of(a).topics) for a in ("sweeper", "spread")}
         events = list(runtime.store.iter_events())
@@ -137,11 +142,16 @@ async def test_without_text_the_signals_read_what_the_gateway_derived(make_setti
         assert len(pe["f"]) == 4 * (2 * 128 + 2) // 3  # 128 int16, base64
     assert metrics["distillguard_prompt_features_derived_total"] == len(derived)
     assert metrics["distillguard_prompt_features_skipped_total"] == 0
-    # (c) the same signal values as with the text (the sketch up to int16 rounding)
+    # (c) the same signal values as with the text (the sketch up to int16 rounding),
+    # every signal, the timing ones too: the log keeps its order
     text_values, text_states, text_topics = with_text[:3]
     assert values.keys() == text_values.keys()
+    assert [e.ts for e in events] == [e.ts for e in with_text[3]]  # the log's order
     for account in values:
         got, want = values[account], text_values[account]
+        assert set(EMBEDDING_SIGNALS) <= set(got)
+        assert {k: v for k, v in got.items() if k != "prompt_distribution"} == \
+            {k: v for k, v in want.items() if k != "prompt_distribution"}
         assert got["coverage"] is not None and got["coverage"] == want["coverage"]
         assert got["elicitation"] == want["elicitation"]
         assert got["prompt_distribution"] is not None
@@ -194,8 +204,8 @@ def _event(i: int) -> RequestEvent:
 def test_a_full_queue_never_blocks_and_counts_what_it_skips():
     gate = Gate()
     written: list[RequestEvent] = []
-    queue = PromptFeatureQueue(make_space(inner=gate), written.append, queue_size=2,
-                               batch_size=1)
+    queue = PromptFeatureQueue(make_space(inner=gate), lambda e, served: written.append(e),
+                               queue_size=2, batch_size=1)
     try:
         assert queue.offer(_event(0), "topic 1 a")
         assert gate.inside.wait(10)  # the thread holds the first, embedding
@@ -215,11 +225,33 @@ def test_a_full_queue_never_blocks_and_counts_what_it_skips():
         queue.close()
 
 
+def test_events_without_a_prompt_to_embed_keep_their_place():
+    gate = Gate()
+    written: list[tuple[str, bool]] = []
+    queue = PromptFeatureQueue(make_space(inner=gate),
+                               lambda e, served: written.append((e.request_id, served)),
+                               queue_size=4)
+    try:
+        assert not queue.offer(_event(0), "")  # nothing queued: the caller writes it
+        assert queue.offer(_event(1), "topic 1 a")
+        assert gate.inside.wait(10)
+        assert queue.offer(_event(2), "", served=False)  # behind r1, in order
+        assert queue.offer(_event(3), "topic 2 b")
+        gate.release.set()
+        assert queue.drain(10)
+        assert written == [("r1", True), ("r2", False), ("r3", True)]
+        assert queue.derived == 2 and queue.skipped == 0
+        assert not queue.offer(_event(4), "")  # drained: written directly again
+    finally:
+        gate.release.set()
+        queue.close()
+
+
 def test_closing_hands_over_what_is_queued():
     gate = Gate()
     written: list[RequestEvent] = []
-    queue = PromptFeatureQueue(make_space(inner=gate), written.append, queue_size=8,
-                               batch_size=1)
+    queue = PromptFeatureQueue(make_space(inner=gate), lambda e, served: written.append(e),
+                               queue_size=8, batch_size=1)
     assert queue.offer(_event(0), "topic 1 a")
     assert gate.inside.wait(10)
     for i in range(1, 4):
@@ -282,3 +314,31 @@ async def test_with_text_the_gateway_derives_nothing(make_settings):
                     prompt_space=make_space())
     async with app.router.lifespan_context(app):
         assert app.state.runtime.prompt_features is None
+
+
+def test_a_detect_worker_reads_the_space_an_external_gateway_derives_in(make_settings):
+    """detection_mode = external: the gateway builds its space from the settings, the
+    `distillguard detect` worker its pipeline; their tags (and so the values) agree."""
+    from distillguard.detection.worker import _pipeline
+
+    class Wide:
+        dim = 384
+
+        def embed(self, texts):
+            rng = np.random.default_rng(len(texts))
+            x = rng.standard_normal((len(texts), 384))
+            return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    settings = make_settings(detection_embeddings=True, retain_prompts=False)
+    embedder = CachedEmbedder(Wide())
+    gateway = PromptSpace.from_settings(settings, embedder=embedder)
+    worker = _pipeline(settings, None, embedder)
+    assert gateway is not None and worker.space is not None
+    assert gateway.sketch is not None and gateway.topic_map is not None
+    assert gateway.tag == worker.space.tag
+    [pe] = gateway.derive(["a prompt"])
+    topic, similarity, phi = worker.space.stored({FEATURES_KEY: pe})
+    x = embedder.embed(["a prompt"])[0]
+    want_topic, want_similarity, want_phi = worker.space.info(x)
+    assert (topic, similarity) == (want_topic, want_similarity)
+    assert np.max(np.abs(phi - want_phi)) < 1e-5

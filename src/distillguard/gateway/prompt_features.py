@@ -16,6 +16,13 @@ writer, then detection's driver). When the queue is full the event is not held b
 and ``skipped`` counts it (``distillguard_prompt_features_skipped_total``). Memory is
 bounded by ``queue_size`` events and their prompt texts; a text lives only until its
 batch is embedded.
+
+Order. Detection reads the log in the order it was written, and timing signals
+(inter-arrival gaps) read that order. So while the queue holds anything, an account's
+other events (prompts outside the sample, refused requests) queue behind it too, with
+no text, and are written in turn: the log keeps the order in which requests finished,
+as with prompt text. Only under overload (the queue full) does an event overtake the
+queued ones.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ log = logging.getLogger("distillguard.gateway")
 class PromptFeatureQueue:
     """A bounded queue of events awaiting their derived prompt features, and its thread."""
 
-    def __init__(self, space: PromptSpace, emit: Callable[[RequestEvent], None], *,
+    def __init__(self, space: PromptSpace, emit: Callable[[RequestEvent, bool], None], *,
                  queue_size: int = 256, batch_size: int = 16) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be at least 1")
@@ -48,7 +55,8 @@ class PromptFeatureQueue:
         self.emit = emit
         self.queue_size = queue_size
         self.batch_size = batch_size
-        self._items: collections.deque[tuple[RequestEvent, str]] = collections.deque()
+        # (event, text to derive from or "" to pass through, served)
+        self._items: collections.deque[tuple[RequestEvent, str, bool]] = collections.deque()
         self._cond = threading.Condition()
         self._offered = 0
         self._done = 0
@@ -64,15 +72,20 @@ class PromptFeatureQueue:
         """Whether detection would embed ``text`` (non-empty and in the sample)."""
         return bool(text) and self.space.sampled(text)
 
-    def offer(self, event: RequestEvent, text: str) -> bool:
-        """Queue ``event`` to get the derived features of ``text``; never blocks. False
-        (and counted in ``skipped``) when the queue is full or closing: the caller then
-        writes the event itself."""
+    def offer(self, event: RequestEvent, text: str, *, served: bool = True) -> bool:
+        """Queue ``event`` to get the derived features of ``text`` (``""``: none, it
+        only keeps its place behind queued events); never blocks. False when the queue
+        is full or closing (a ``text`` then counts in ``skipped``), or, for an event
+        without ``text``, when nothing is queued: the caller then writes the event
+        itself."""
         with self._cond:
+            if not text and self._offered == self._done:
+                return False  # nothing to wait behind
             if self._closing or len(self._items) >= self.queue_size:
-                self.skipped += 1
+                if text:
+                    self.skipped += 1
                 return False
-            self._items.append((event, text))
+            self._items.append((event, text, served))
             self._offered += 1
             self._cond.notify_all()
             return True
@@ -108,26 +121,28 @@ class PromptFeatureQueue:
                 batch = [self._items.popleft()
                          for _ in range(min(self.batch_size, len(self._items)))]
                 late = self._closing and time.monotonic() >= self._deadline
+            texts = [text for _, text, _ in batch if text]
             derived: list[dict[str, object]] | None = None
-            if not late:
+            if texts and not late:
                 try:
-                    derived = self.space.derive([text for _, text in batch])
+                    derived = self.space.derive(texts)
                 except Exception:  # noqa: BLE001 - the events are written regardless
                     log.exception("embedding %d prompts for their derived features failed; "
-                                  "their events are written without them", len(batch))
-            for i, (event, _) in enumerate(batch):
-                if derived is not None:
-                    event = dataclasses.replace(
-                        event, features={**(event.features or {}), FEATURES_KEY: derived[i]})
+                                  "their events are written without them", len(texts))
+            values = iter(derived or ())
+            for event, text, served in batch:
+                if text and derived is not None:
+                    event = dataclasses.replace(event, features={
+                        **(event.features or {}), FEATURES_KEY: next(values)})
                 try:
-                    self.emit(event)
+                    self.emit(event, served)
                 except Exception:  # noqa: BLE001 - one refused event must not stop the rest
                     log.exception("writing event %s after its prompt features failed",
                                   event.request_id)
             with self._cond:
                 if derived is not None:
-                    self.derived += len(batch)
+                    self.derived += len(texts)
                 else:
-                    self.skipped += len(batch)
+                    self.skipped += len(texts)
                 self._done += len(batch)
                 self._cond.notify_all()

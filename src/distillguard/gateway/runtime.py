@@ -258,22 +258,26 @@ class Runtime:
         event = ctx.event(retain_prompts=self.settings.retain_prompts)
         served = ctx.status < 400 or used > 0
         queue = self.prompt_features
-        if queue is not None and ctx.status == 200 and event.account is not None \
-                and ctx.prompt and not self.settings.retain_prompts:
-            from distillguard.detection.space import embed_slice
+        if queue is not None and event.account is not None:
+            text = ""
+            if ctx.status == 200 and ctx.prompt:
+                from distillguard.detection.space import embed_slice
 
-            # Detection reads served requests' prompts only; the queue writes the event.
-            text = embed_slice(ctx.prompt, ctx.features)
-            if queue.wanted(text) and queue.offer(event, text):
+                # Detection reads served requests' prompts only.
+                text = embed_slice(ctx.prompt, ctx.features)
+                if not queue.wanted(text):
+                    text = ""
+            # The queue writes the event (in order behind those it holds), or declines.
+            if queue.offer(event, text, served=served):
                 return
         if self._writer is not None:
             self._writer.offer(event, served=served)
         if self.driver is not None and event.account is not None:
             self.driver.submit(event)
 
-    def _emit(self, event: RequestEvent) -> None:
+    def _emit(self, event: RequestEvent, served: bool) -> None:
         """An event back from the prompt-feature queue (its thread): to the log."""
-        self.writer.submit(event)
+        self.writer.offer(event, served=served)
         if self.driver is not None and event.account is not None:
             self.driver.submit(event)
 
