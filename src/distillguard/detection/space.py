@@ -113,6 +113,10 @@ class PromptSpace:
             self._tag = h.hexdigest()
         return self._tag
 
+    def warm(self) -> None:
+        """Load the embedder and embed the elicitation exemplars (seconds for MiniLM)."""
+        self.elicitation.similarity(np.zeros(self.embedder.dim, dtype=np.float32))
+
     def sampled(self, text: str) -> bool:
         """Whether ``text`` is in the embedded sample (``detection_embedding_sample``)."""
         return self.sample_cut >= 1024 or (hash64(text) & 1023) < self.sample_cut

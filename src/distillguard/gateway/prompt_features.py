@@ -113,6 +113,10 @@ class PromptFeatureQueue:
 
     # --- thread ----------------------------------------------------------------------
     def _run(self) -> None:
+        try:  # load the model and embed the exemplars before the first request needs them
+            self.space.warm()
+        except Exception:  # noqa: BLE001 - derive() will fail and say so, per batch
+            log.exception("loading the prompt embedder for derived features failed")
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._items) or self._closing)

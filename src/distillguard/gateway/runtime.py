@@ -304,8 +304,9 @@ class Runtime:
         queue = self.prompt_features
         if queue is not None:
             out += [
-                ("distillguard_prompt_features_pending", "gauge", "Events awaiting their "
-                 "derived prompt features (retain_prompts off).", float(queue.pending)),
+                ("distillguard_prompt_features_pending", "gauge", "Events held for their "
+                 "derived prompt features, or in order behind one that is (retain_prompts "
+                 "off).", float(queue.pending)),
                 ("distillguard_prompt_features_derived_total", "counter", "Events written "
                  "with derived prompt features instead of prompt text.",
                  float(queue.derived)),
