@@ -211,6 +211,13 @@ SETTINGS: tuple[Setting, ...] = (
             maximum=1.0),
     Setting("detection_embedding_cache", int, 50_000, "Prompt embeddings kept in memory, "
             "keyed by prompt hash (least recently used dropped).", minimum=0),
+    Setting("prompt_features_queue", int, 256, "With `retain_prompts = false` and "
+            "detection embedding prompts: events whose sampled prompt the gateway embeds, "
+            "off the request path, before the text is dropped (storing only the topic, "
+            "the elicitation similarity and the prompt-distribution features). When full, "
+            "an event is written without them and counted in "
+            "`distillguard_prompt_features_skipped_total`. 0: the gateway embeds nothing "
+            "and the embedding signals are silent without prompt text.", minimum=0),
     Setting("detection_min_events", int, 20, "Requests an account makes before its own "
             "signals count at full weight (fewer: its risk is scaled down).", minimum=1),
     Setting("detection_baseline_min_events", int, 3, "Requests an account makes before "

@@ -294,14 +294,18 @@ class CoverageSignal(_Builtin):
         return [0, None, None]  # prompts, topic counts (int32), sum of unit vectors
 
     def observe(self, state: list[Any], f: EventFeatures) -> None:
-        if f.topic < 0 or f.embedding is None:
+        if f.topic < 0:
             return
         if state[1] is None:
             state[1] = {}
-            state[2] = np.zeros(len(f.embedding), dtype=np.float32)
         state[0] += 1
         state[1][f.topic] = state[1].get(f.topic, 0) + 1
-        state[2] += f.embedding
+        # A topic stored without text (``retain_prompts = false``) comes without its
+        # embedding: it counts in the histogram (the value), not in the dispersion sum.
+        if f.embedding is not None:
+            if state[2] is None:
+                state[2] = np.zeros(len(f.embedding), dtype=np.float32)
+            state[2] += f.embedding
 
     @staticmethod
     def entropy(counts: dict[int, int], topics: int) -> float:
@@ -320,7 +324,7 @@ class CoverageSignal(_Builtin):
         return self.entropy(state[1], self.topics())
 
     def dispersion(self, state: list[Any]) -> float | None:
-        if not state[0]:
+        if not state[0] or state[2] is None:
             return None
         return 1.0 - float(np.linalg.norm(state[2])) / state[0]
 

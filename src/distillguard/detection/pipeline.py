@@ -60,11 +60,11 @@ if TYPE_CHECKING:
     from distillguard.detection.asn import AsnTable
     from distillguard.detection.embedder import Embedder
     from distillguard.detection.sketch import PromptSketch
+    from distillguard.detection.space import PromptSpace
     from distillguard.telemetry.events import RequestEvent
 
 log = logging.getLogger("distillguard.detection")
 
-_EMBED_CHARS = 1000
 _INFO_CACHE = 50_000
 # A rate over less than this says more about one burst than about the account.
 OBSERVED_MIN_SPAN_S = 600.0
@@ -214,9 +214,13 @@ class DetectionPipeline:
                  topic_map: np.ndarray | None = None, store: Any = None,
                  prompt_reference: PromptSketch | None = None,
                  clock: Callable[[], float] = time.time,
-                 signup_evidence: Callable[[], Iterable[Any]] | None = None) -> None:
+                 signup_evidence: Callable[[], Iterable[Any]] | None = None,
+                 space: PromptSpace | None = None) -> None:
         from distillguard.detection.elicitation import Elicitation
 
+        if space is not None:  # the space's parts, as they are (no defaults filled in)
+            embedder, topic_map, prompt_reference = (space.embedder, space.topic_map,
+                                                     space.sketch)
         self.settings = settings
         self.min_events = settings.detection_min_events if settings is not None else 20
         self.baseline_min_events = (settings.detection_baseline_min_events
@@ -231,7 +235,7 @@ class DetectionPipeline:
                                       for n in (signals or signal_names())]
         self._observers = [s.observe for s in self.signals]  # bound once: the hot loop
         self.embedder = embedder
-        if embedder is not None and topic_map is None:
+        if embedder is not None and topic_map is None and space is None:
             from distillguard.detection.topics import load_topic_map
 
             topic_map = load_topic_map()
@@ -240,10 +244,10 @@ class DetectionPipeline:
         for s in self.signals:
             if s.name == "coverage":
                 s.n_topics = n_topics  # type: ignore[attr-defined]
-        self.elicitation = Elicitation(embedder)
+        self.elicitation = space.elicitation if space is not None else Elicitation(embedder)
         # The prompt-distribution test: each embedding's random Fourier features, once.
         self.sketch = prompt_reference
-        if embedder is not None and prompt_reference is None:
+        if embedder is not None and prompt_reference is None and space is None:
             from distillguard.detection.sketch import load_reference
 
             self.sketch = load_reference()
@@ -255,6 +259,13 @@ class DetectionPipeline:
                 s.reference = self.sketch  # type: ignore[attr-defined]
         sample = settings.detection_embedding_sample if settings is not None else 1.0
         self._sample_cut = int(round(sample * 1024))
+        # The space prompts are read in (also what the gateway derives without text).
+        self.space: PromptSpace | None = space
+        if embedder is not None and space is None:
+            from distillguard.detection.space import PromptSpace
+
+            self.space = PromptSpace(embedder, topic_map=topic_map, sketch=self.sketch,
+                                     elicitation=self.elicitation, sample=sample)
         self.store = store
         self.asn_table: AsnTable | None = None
         if settings is not None and settings.asn_table:
@@ -278,8 +289,12 @@ class DetectionPipeline:
         self.newest_event_ts: float | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, store: Any = None) -> DetectionPipeline:
-        """The pipeline the settings describe (MiniLM embeddings when enabled)."""
+    def from_settings(cls, settings: Settings, *, store: Any = None,
+                      space: PromptSpace | None = None) -> DetectionPipeline:
+        """The pipeline the settings describe (MiniLM embeddings when enabled; ``space``,
+        when given, is the embedding space to read prompts in instead)."""
+        if space is not None:
+            return cls(settings, store=store, space=space)
         embedder = None
         if settings.detection_embeddings and not _embeddings_installed():
             log.warning("detection_embeddings is on but torch/transformers are not "
@@ -295,6 +310,8 @@ class DetectionPipeline:
     # --- observing ---------------------------------------------------------------------
     def sampled(self, text: str) -> bool:
         """Whether ``text`` is in the embedded sample (``detection_embedding_sample``)."""
+        if self.space is not None:
+            return self.space.sampled(text)
         return self._sample_cut >= 1024 or (hash64(text) & 1023) < self._sample_cut
 
     def _prompt_info(self, text: str, embedding: np.ndarray | None = None
@@ -308,15 +325,12 @@ class DetectionPipeline:
             embedding = self.embedder.embed([text])[0]
         topic = -1
         phi = None
-        if embedding is not None:
-            if self.topic_map is not None:
-                topic = int(np.argmax(self.topic_map @ embedding))
-            if self.sketch is not None:
-                phi = self.sketch.extended(embedding)
-        # The cue half of the judge ran where the event was built (``features``
-        # ``elicit``): only the embedding half is the prompt's to add here.
-        similar = (embedding is not None
-                   and self.elicitation.similarity(embedding) >= self.elicitation.threshold)
+        similar = False
+        if embedding is not None and self.space is not None:
+            topic, similarity, phi = self.space.info(embedding)
+            # The cue half of the judge ran where the event was built (``features``
+            # ``elicit``): only the embedding half is the prompt's to add here.
+            similar = similarity >= self.elicitation.threshold
         info = (topic, similar, embedding, phi)
         self._info[key] = info
         if len(self._info) > _INFO_CACHE:
@@ -337,10 +351,9 @@ class DetectionPipeline:
     def embed_text(event: RequestEvent, raw: dict[str, Any] | None) -> str:
         """The last user message's text, sliced out of the stored prompt by the span the
         gateway recorded ("" when prompts are not retained)."""
-        if raw is None or not event.prompt or "span" not in raw:
-            return ""
-        start, end = raw["span"]
-        return event.prompt[start:min(end, start + _EMBED_CHARS)]
+        from distillguard.detection.space import embed_slice
+
+        return embed_slice(event.prompt, raw)
 
     def _features(self, event: RequestEvent, embedding: np.ndarray | None = None
                   ) -> EventFeatures:
@@ -359,6 +372,13 @@ class DetectionPipeline:
         text = self.embed_text(event, raw) if self.embedder is not None else ""
         topic, similar, emb, phi = (self._prompt_info(text, embedding) if text
                                     else (-1, False, None, None))
+        if not text and self.space is not None:
+            # No prompt text (``retain_prompts = false``): what the gateway derived from
+            # it in this space before dropping it, if it did (no embedding is stored).
+            stored = self.space.stored(raw)
+            if stored is not None:
+                topic, similarity, phi = stored
+                similar = similarity >= self.elicitation.threshold
         if "elicit" in raw:
             elicits = bool(raw["elicit"]) or similar
         else:  # features from before the cue judge ran where the event was built

@@ -25,6 +25,7 @@ from distillguard.signup import routes as signup_routes
 from distillguard.signup.service import SignupService
 
 if TYPE_CHECKING:
+    from distillguard.detection.space import PromptSpace
     from distillguard.telemetry.store import Store
     from distillguard.watermark.service import WatermarkService
 
@@ -64,11 +65,12 @@ def _allowed_methods(request: Request) -> str:
 
 def build_app(settings: Settings, *, backend: Backend | None = None,
               store: Store | None = None, watermark: WatermarkService | None = None,
-              clock: Clock = wall_clock, driver: DriverFactory = timer_driver) -> Starlette:
+              clock: Clock = wall_clock, driver: DriverFactory = timer_driver,
+              prompt_space: PromptSpace | None = None) -> Starlette:
     """The gateway for ``settings``; parts not passed in are built at start-up (see
     ``Runtime``, which ``app.state.runtime`` holds)."""
     runtime = Runtime(settings, backend=backend, store=store, watermark=watermark,
-                      clock=clock, driver=driver)
+                      clock=clock, driver=driver, prompt_space=prompt_space)
     # Built here so that bad sign-up settings fail at build time, started after the
     # runtime (it needs the store and the policy engine). Read from the runtime at start,
     # so that a bench can hand in one with its own clock and mailer before start-up.

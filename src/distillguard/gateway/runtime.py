@@ -30,9 +30,12 @@ if TYPE_CHECKING:
     from distillguard.detection.jetstream import NatsLink
     from distillguard.detection.pipeline import DetectionPipeline
     from distillguard.detection.service import DetectionRunner
+    from distillguard.detection.space import PromptSpace
+    from distillguard.gateway.prompt_features import PromptFeatureQueue
     from distillguard.policy.engine import PolicyEngine
     from distillguard.policy.ratelimit import RateLimiter
     from distillguard.signup.service import SignupService
+    from distillguard.telemetry.events import RequestEvent
     from distillguard.telemetry.keycache import KeyCache
     from distillguard.telemetry.store import Store
     from distillguard.telemetry.writer import EventWriter
@@ -69,7 +72,8 @@ class Runtime:
 
     def __init__(self, settings: Settings, *, backend: Backend | None = None,
                  store: Store | None = None, watermark: WatermarkService | None = None,
-                 clock: Clock = wall_clock, driver: DriverFactory = timer_driver) -> None:
+                 clock: Clock = wall_clock, driver: DriverFactory = timer_driver,
+                 prompt_space: PromptSpace | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self.metrics = Metrics()
@@ -90,6 +94,10 @@ class Runtime:
         self._store = store
         self._owns_store = store is None
         self._driver_factory = driver
+        # The embedding space detection reads prompts in (built from the settings when
+        # None); with retain_prompts off the gateway derives prompt features in it.
+        self._prompt_space = prompt_space
+        self.prompt_features: PromptFeatureQueue | None = None
         self._keys: KeyCache | None = None
         self._writer: EventWriter | None = None
         self._policy: PolicyEngine | None = None
@@ -156,13 +164,14 @@ class Runtime:
             from distillguard.detection.service import DetectionRunner
 
             detection = await asyncio.to_thread(DetectionPipeline.from_settings, settings,
-                                                store=store)
+                                                store=store, space=self._prompt_space)
             detection.clock = self.clock
             self.detection = detection
             self.runner = DetectionRunner.from_settings(settings, detection, store,
                                                         policy=policy, clock=self.clock)
-            self.driver = self._driver_factory(self.runner, settings, writer.flush)
+            self.driver = self._driver_factory(self.runner, settings, self._flush)
             await self.driver.start()
+        await asyncio.to_thread(self._start_prompt_features)
         if self._backend is None:
             self._backend = backend_from_settings(settings)
         if self.watermark is None and getattr(self._backend, "watermarks", False):
@@ -174,6 +183,33 @@ class Runtime:
         if callable(backend_gauges):
             self.add_gauges(backend_gauges)
 
+    def _start_prompt_features(self) -> None:
+        """With retain_prompts off and detection embedding prompts: the queue that
+        derives their features before the text is dropped (``gateway.prompt_features``)."""
+        settings = self.settings
+        if settings.retain_prompts or not settings.detection \
+                or not settings.prompt_features_queue:
+            return
+        space = self._prompt_space
+        if space is None and self.detection is not None:
+            space = self.detection.space  # one model and one cache with detection
+        if space is None and self.detection is None:
+            from distillguard.detection.space import PromptSpace
+
+            space = PromptSpace.from_settings(settings)  # detection runs elsewhere
+        if space is None:
+            return
+        from distillguard.gateway.prompt_features import PromptFeatureQueue
+
+        self.prompt_features = PromptFeatureQueue(space, self._emit,
+                                                  queue_size=settings.prompt_features_queue)
+
+    def _flush(self) -> object:
+        """Write every event recorded so far: those awaiting derived features first."""
+        if self.prompt_features is not None:
+            self.prompt_features.drain()
+        return self.writer.flush()
+
     async def close(self) -> None:
         if self._backend is not None:
             await self._backend.close()
@@ -181,6 +217,8 @@ class Runtime:
             await asyncio.gather(*self._pending_tokens, return_exceptions=True)
         if self.limiter is not None:
             await self.limiter.close()
+        if self.prompt_features is not None:
+            await asyncio.to_thread(self.prompt_features.close)
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
         if self._nats is not None:
@@ -219,8 +257,27 @@ class Runtime:
             self.settle_tokens(self.limiter.add_tokens(ctx.key_id, used))
         event = ctx.event(retain_prompts=self.settings.retain_prompts)
         served = ctx.status < 400 or used > 0
+        queue = self.prompt_features
+        if queue is not None and event.account is not None:
+            text = ""
+            if ctx.status == 200 and ctx.prompt:
+                from distillguard.detection.space import embed_slice
+
+                # Detection reads served requests' prompts only.
+                text = embed_slice(ctx.prompt, ctx.features)
+                if not queue.wanted(text):
+                    text = ""
+            # The queue writes the event (in order behind those it holds), or declines.
+            if queue.offer(event, text, served=served):
+                return
         if self._writer is not None:
             self._writer.offer(event, served=served)
+        if self.driver is not None and event.account is not None:
+            self.driver.submit(event)
+
+    def _emit(self, event: RequestEvent, served: bool) -> None:
+        """An event back from the prompt-feature queue (its thread): to the log."""
+        self.writer.offer(event, served=served)
         if self.driver is not None and event.account is not None:
             self.driver.submit(event)
 
@@ -243,6 +300,19 @@ class Runtime:
                  float(self._writer.backlogged)),
                 ("distillguard_events_shed_total", "counter", "Events of refused requests "
                  "dropped under the writer's overflow policy.", self._writer.shed),
+            ]
+        queue = self.prompt_features
+        if queue is not None:
+            out += [
+                ("distillguard_prompt_features_pending", "gauge", "Events held for their "
+                 "derived prompt features, or in order behind one that is (retain_prompts "
+                 "off).", float(queue.pending)),
+                ("distillguard_prompt_features_derived_total", "counter", "Events written "
+                 "with derived prompt features instead of prompt text.",
+                 float(queue.derived)),
+                ("distillguard_prompt_features_skipped_total", "counter", "Sampled prompts "
+                 "whose events were written without derived features (queue full, "
+                 "shutdown or an embedding failure).", float(queue.skipped)),
             ]
         for source in self._gauge_sources:
             out += source()

@@ -20,6 +20,7 @@ from distillguard.config import Settings
 from distillguard.detection.driver import run_round
 from distillguard.detection.features import request_features
 from distillguard.detection.pipeline import DetectionPipeline
+from distillguard.detection.space import FEATURES_KEY, embed_slice
 from distillguard.gateway import admission, errors, schema
 from distillguard.gateway.context import RequestContext
 from distillguard.gateway.schema import Limits
@@ -94,6 +95,14 @@ def event_for(req: SimRequest, policy: PolicyEngine, settings: Settings) -> Requ
     The policy's clock must read ``req.ts``. A served request is answered by the
     simulated backend: ``completion_tokens`` words after 0.3 s, at 40 tokens/s.
     """
+    return event_and_text(req, policy, settings)[0]
+
+
+def event_and_text(req: SimRequest, policy: PolicyEngine, settings: Settings
+                   ) -> tuple[RequestEvent, str]:
+    """``event_for`` and, when the event is kept without prompt text (a served request
+    with ``retain_prompts`` off), the text the gateway derives its prompt features from
+    (``gateway.prompt_features``; "" otherwise)."""
     ctx = RequestContext("/v1/chat/completions", req.addr, req.agent, ts=req.ts)
     ctx.account, ctx.key_id = req.account, f"key_{req.account}"
     try:
@@ -108,12 +117,13 @@ def event_for(req: SimRequest, policy: PolicyEngine, settings: Settings) -> Requ
     except errors.APIError as exc:
         ctx.fail(exc)
         return dataclasses.replace(ctx.event(retain_prompts=settings.retain_prompts),
-                                   latency_ms=1.0)
+                                   latency_ms=1.0), ""
     ctx.status = 200
     ctx.prompt_tokens = sum(len(c.split()) for _, c in req.messages)
     ctx.completion_tokens = completion_tokens(req, settings)
     event = ctx.event(retain_prompts=settings.retain_prompts)
-    return dataclasses.replace(event, latency_ms=300.0 + ctx.completion_tokens * 25.0)
+    text = "" if settings.retain_prompts else embed_slice(ctx.prompt, ctx.features)
+    return dataclasses.replace(event, latency_ms=300.0 + ctx.completion_tokens * 25.0), text
 
 
 def completion_tokens(req: SimRequest, settings: Settings) -> int:
@@ -128,7 +138,8 @@ class ReplayRun:
 
     def __init__(self, traffic: Traffic, *, embeddings: bool | None = False,
                  base_settings: Settings | None = None, data_dir: str | None = None,
-                 progress: bool = True, embedding_cache: str | None = None) -> None:
+                 progress: bool = True, embedding_cache: str | None = None,
+                 retain_prompts: bool = True) -> None:
         self.traffic = traffic
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="dg-sim-")
         folder = data_dir or self._tmp.name
@@ -136,6 +147,9 @@ class ReplayRun:
         self.settings = run_settings(scenario, folder, embeddings=embeddings,
                                      base=base_settings,
                                      policy_file=write_policy_file(scenario, folder))
+        if not retain_prompts:
+            # Events without text: the gateway's derived prompt features stand in.
+            self.settings = self.settings.replace(retain_prompts=False)
         self.clock = ManualClock(traffic.world.start)
         self.pipeline = DetectionPipeline.from_settings(self.settings,
                                                         store=KeyTimes(traffic.accounts))
@@ -155,11 +169,19 @@ class ReplayRun:
 
     def _slice(self, reqs: Sequence[SimRequest]) -> list[RequestEvent]:
         events = []
+        derive: list[tuple[int, str]] = []
+        space = self.pipeline.space
         for req in reqs:
             self.clock.set(req.ts)
-            event = event_for(req, self.policy, self.settings)
+            event, text = event_and_text(req, self.policy, self.settings)
             self.recorder.outcome(req, event.status, event.completion_tokens)
+            if text and space is not None and space.sampled(text):
+                derive.append((len(events), text))
             events.append(event)
+        if derive:
+            # As the gateway's prompt-feature queue does, in one batch per slice.
+            for (i, _), pe in zip(derive, space.derive([t for _, t in derive])):
+                events[i].features = {**(events[i].features or {}), FEATURES_KEY: pe}
         return events
 
     def run(self) -> Recorder:

@@ -1,0 +1,175 @@
+"""The embedding space detection reads prompts in, and its derived values without text.
+
+``PromptSpace`` holds what turns a prompt's embedding into what the embedding signals
+read: the topic map (``coverage``, campaign topic overlap), the elicitation judge's
+exemplars (its embedding half) and the random-Fourier-feature reference
+(``prompt_distribution``), with the sampled share ``detection_embedding_sample``. The
+detection pipeline maps the embeddings of prompt text through it; with
+``retain_prompts = false`` the gateway maps the prompt through the same space where the
+event is built, before the text is dropped, and stores only the derived values in
+``event.features["pe"]``:
+
+- ``v``: the space's tag (a digest of the embedder's kind and dimension, the topic map,
+  the reference and the exemplars); a reader in another space ignores the values;
+- ``t``: the nearest topic (-1 without a topic map);
+- ``s``: cosine similarity to the nearest eliciting exemplar (exact float);
+- ``f``: the prompt's random Fourier features, ``cos(W x + b)`` as little-endian int16
+  of ``round(32767 cos)``, base64 (absent without a reference).
+
+No embedding is stored: 128 cosines of random projections, a topic id and one
+similarity are what the signals read, and less than the 384 floats of the embedding.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from distillguard.detection.features import hash64
+
+if TYPE_CHECKING:
+    from distillguard.config import Settings
+    from distillguard.detection.elicitation import Elicitation
+    from distillguard.detection.embedder import Embedder
+    from distillguard.detection.sketch import PromptSketch
+
+# Characters of the last user message that are embedded.
+EMBED_CHARS = 1000
+_Q = 32767.0
+FEATURES_KEY = "pe"
+
+# (topic, similarity to the nearest exemplar, ``PromptSketch.extended`` or None)
+PromptInfo = tuple[int, float, "np.ndarray | None"]
+
+
+def embed_slice(prompt: str | None, raw: dict[str, Any] | None) -> str:
+    """The last user message's text (at most ``EMBED_CHARS``), sliced out of the
+    flattened prompt by the span the gateway recorded; "" without either."""
+    if raw is None or not prompt or "span" not in raw:
+        return ""
+    start, end = raw["span"]
+    return prompt[start:min(end, start + EMBED_CHARS)]
+
+
+class PromptSpace:
+    """Embedder, topic map, reference sketch and elicitation judge; see the module."""
+
+    def __init__(self, embedder: Embedder, *, topic_map: np.ndarray | None,
+                 sketch: PromptSketch | None, elicitation: Elicitation,
+                 sample: float = 1.0) -> None:
+        self.embedder = embedder
+        self.topic_map = topic_map
+        self.sketch = sketch
+        self.elicitation = elicitation
+        self.sample_cut = int(round(sample * 1024))
+        self._tag: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, embedder: Embedder | None = None
+                      ) -> PromptSpace | None:
+        """The space detection with these settings reads (shipped topic map and
+        reference, MiniLM unless ``embedder`` is given); None when detection embeds
+        nothing (``detection_embeddings`` off, or torch/transformers missing)."""
+        from distillguard.detection.elicitation import Elicitation
+        from distillguard.detection.pipeline import embeddings_available
+        from distillguard.detection.sketch import load_reference
+        from distillguard.detection.topics import load_topic_map
+
+        if embedder is None:
+            if not embeddings_available(settings):
+                return None
+            from distillguard.detection.embedder import CachedEmbedder, MiniLMEmbedder
+
+            embedder = CachedEmbedder(MiniLMEmbedder(),
+                                      max_entries=settings.detection_embedding_cache)
+        sketch = load_reference()
+        if sketch is not None and sketch.w.shape[1] != embedder.dim:
+            sketch = None
+        return cls(embedder, topic_map=load_topic_map(), sketch=sketch,
+                   elicitation=Elicitation(embedder),
+                   sample=settings.detection_embedding_sample)
+
+    @property
+    def tag(self) -> str:
+        """8 hex digits naming the space (equal spaces, equal tags)."""
+        if self._tag is None:
+            inner = getattr(self.embedder, "inner", self.embedder)
+            h = hashlib.blake2b(digest_size=4)
+            h.update(f"{type(inner).__name__}:{self.embedder.dim}".encode())
+            if self.topic_map is not None:
+                h.update(b"topics")
+                h.update(np.ascontiguousarray(self.topic_map, dtype=np.float32).tobytes())
+            if self.sketch is not None:
+                h.update(f"rff:{self.sketch.sigma!r}:{self.sketch.seed}:"
+                         f"{self.sketch.w.shape}".encode())
+                h.update(self.sketch.mu.tobytes())
+            from distillguard.detection.elicitation import EXEMPLARS
+
+            h.update("\n".join(EXEMPLARS).encode())
+            self._tag = h.hexdigest()
+        return self._tag
+
+    def warm(self) -> None:
+        """Load the embedder and embed the elicitation exemplars (seconds for MiniLM)."""
+        self.elicitation.similarity(np.zeros(self.embedder.dim, dtype=np.float32))
+
+    def sampled(self, text: str) -> bool:
+        """Whether ``text`` is in the embedded sample (``detection_embedding_sample``)."""
+        return self.sample_cut >= 1024 or (hash64(text) & 1023) < self.sample_cut
+
+    def info(self, embedding: np.ndarray) -> PromptInfo:
+        """What the embedding signals read of one embedding."""
+        topic = -1
+        phi = None
+        if self.topic_map is not None:
+            topic = int(np.argmax(self.topic_map @ embedding))
+        if self.sketch is not None:
+            phi = self.sketch.extended(embedding)
+        return topic, self.elicitation.similarity(embedding), phi
+
+    # --- derived values kept without text ------------------------------------------------
+    def derive(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """The ``features["pe"]`` values of each text (embedded in one call)."""
+        if not texts:
+            return []
+        vectors = self.embedder.embed(list(texts))
+        out = []
+        for x in vectors:
+            topic, similarity, _ = self.info(x)
+            d: dict[str, Any] = {"v": self.tag, "t": topic, "s": similarity}
+            if self.sketch is not None:
+                cos = np.cos(x @ self.sketch.w.T + self.sketch.b)
+                q = np.clip(np.rint(cos * _Q), -_Q, _Q).astype("<i2")
+                d["f"] = base64.b64encode(q.tobytes()).decode("ascii")
+            out.append(d)
+        return out
+
+    def stored(self, raw: dict[str, Any] | None) -> PromptInfo | None:
+        """(topic, similarity, extended sketch features) from an event's stored derived
+        values; None when there are none, or they come from another space."""
+        d = raw.get(FEATURES_KEY) if raw is not None else None
+        if not isinstance(d, dict) or d.get("v") != self.tag:
+            return None
+        phi = None
+        if self.sketch is not None:
+            blob = d.get("f")
+            if not isinstance(blob, str):
+                return None
+            try:
+                q = np.frombuffer(base64.b64decode(blob, validate=True), dtype="<i2")
+            except ValueError:
+                return None
+            if len(q) != len(self.sketch.b):
+                return None
+            cos = q.astype(np.float32) / np.float32(_Q)
+            phi64 = (self.sketch.scale * cos).astype(np.float64)
+            phi = np.append(phi64, phi64 @ phi64)
+        topic = d.get("t")
+        similarity = d.get("s")
+        if not isinstance(topic, int) or not isinstance(similarity, (int, float)):
+            return None
+        return topic, float(similarity), phi
