@@ -203,6 +203,11 @@ def test_coverage_separates_a_topic_sweep_from_a_focused_user():
     assert {r.signal: r.value for r in pipeline.signals_of("focused")}["coverage"] < 0.3
     # Every distinct prompt embedded once, plus the elicitation exemplars once.
     assert embedder.misses == 240 + len(EXEMPLARS) and embedder.hits == 0
+    # Reported, not scored (see CoverageSignal): the sweep's even spread is shown to
+    # the analyst, but it is neither a reason nor part of the risk.
+    reading = next(r for r in pipeline.signals_of("sweeper") if r.signal == "coverage")
+    assert reading.strength > 0.9
+    assert "coverage" not in {r.signal for r in pipeline.account_risk("sweeper").reasons}
 
 
 def test_memory_is_bounded_per_account():

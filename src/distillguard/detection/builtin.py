@@ -283,11 +283,20 @@ class CoverageSignal(_Builtin):
     histogram divided by log(topics): 0 for one topic, 1 for a perfectly even sweep.
     ``explain`` adds the distinct topics and the embedding dispersion (1 - length of the
     mean unit vector).
+
+    Reported (``signals_of``, the console), not scored: weight 0. On the evaluation's
+    calibration split (embeddings on, 25% sampled) it raised benign heavy users more
+    than any attacker: the big RAG app's highest risk went from 0.31 to 0.40, batch
+    jobs from 0.07 to 0.13-0.14, so the calibrated block threshold rose from 0.34 to
+    0.43 and 5 of 46 attack accounts (the topic sweep) fell under it. Scored at 0, the
+    benign maximum is 0.31 and 46 of 46 attack accounts reach the threshold. A busy
+    application whose users ask about everything spreads over the map as evenly as a
+    sweep does.
     """
 
     name = "coverage"
     group = "intent"
-    weight = 0.35
+    weight = 0.0
     description = "how evenly prompts sweep the topic map (normalised entropy)"
 
     def new_state(self) -> list[Any]:

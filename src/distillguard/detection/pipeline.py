@@ -468,7 +468,8 @@ class DetectionPipeline:
         reasons = []
         for signal, value, strength in self._readings(acct):
             parts[signal.group].append(signal.weight * strength)
-            if strength > 0:
+            # A signal scored at weight 0 is reported (signals_of), never a reason.
+            if strength > 0 and signal.weight > 0:
                 base = self._baselines.get(signal.name)
                 reasons.append(Reason(signal.name, signal.group, value, strength,
                                       base.median if base else None,

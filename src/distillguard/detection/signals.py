@@ -129,7 +129,9 @@ class Signal(Protocol):
 
     name: str
     group: str  # one of GROUPS
-    weight: float  # how much a fully suspicious value counts within its group, in (0, 1]
+    # how much a fully suspicious value counts within its group, in [0, 1]; 0: reported
+    # (signals_of, the console), not scored and never a reason
+    weight: float
     description: str
 
     def new_state(self) -> Any:
