@@ -207,3 +207,11 @@ async def test_temperature_0_stays_repeatable_and_fully_keyed(harness_factory, t
     for event in gateway.events():
         tally = event.watermark["tokens"]
         assert tally["keyed"] == tally["tokens"] - repeated
+
+
+def test_the_default_scheme_is_exponential_with_a_free_prefix(tmp_path):
+    from distillguard.config import Settings
+    from distillguard.watermark.service import scheme_from_settings
+
+    scheme = scheme_from_settings(Settings.load(env={}, data_dir=str(tmp_path)))
+    assert scheme.name == "exponential" and scheme.free_bits == 10.0

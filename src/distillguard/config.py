@@ -287,7 +287,7 @@ SETTINGS: tuple[Setting, ...] = (
             "the package (built from real ShareGPT traffic); reasons name the one used."),
     # --- end detq settings ---
     # --- watermark settings (watermark engineer edits only this block) ---
-    Setting("watermark_scheme", str, "greenlist", "Watermark embedded in every generated "
+    Setting("watermark_scheme", str, "exponential", "Watermark embedded in every generated "
             "response: `greenlist` (Kirchenbauer et al.), `exponential` (distortion-free "
             "exponential race, Aaronson) or `none`. No request field can change it.",
             choices=_scheme_names),

@@ -447,6 +447,8 @@ class Exponential(Scheme):
 
     def process_logits(self, partition: KeyedPartition, context: np.ndarray,
                        logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        # The race only: the free prefix is per-row state, which the caller keeps
+        # (``vllm_adapter.RequestWatermark`` passes the logits through while it lasts).
         seed = self.race_seed(partition, context)
         if seed is None:
             return logits
