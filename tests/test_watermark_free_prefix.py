@@ -215,3 +215,17 @@ def test_the_default_scheme_is_exponential_with_a_free_prefix(tmp_path):
 
     scheme = scheme_from_settings(Settings.load(env={}, data_dir=str(tmp_path)))
     assert scheme.name == "exponential" and scheme.free_bits == 10.0
+
+
+async def test_a_seed_reproduces_the_prefix_and_so_the_answer(harness_factory, tiny_model):
+    gateway = await _gateway(harness_factory, tiny_model)
+    client = gateway.sdk()
+
+    async def ask(seed):
+        reply = await client.chat.completions.create(model="tiny", messages=PROMPT,
+                                                     max_tokens=40, seed=seed)
+        return reply.choices[0].message.content
+
+    first = await ask(5)
+    assert await ask(5) == first
+    assert await ask(6) != first
