@@ -46,8 +46,9 @@ class RequestWatermark:
     The exponential scheme's free prefix (``Exponential.free_bits``) lives here, one per
     processor: while it lasts the logits pass unchanged and vLLM samples with its own
     generator; the surprisal of each token it drew is read from the previous step's
-    logits at the request's temperature (before vLLM's top-p / top-k, which can only
-    make the prefix end earlier than in the local backend). vLLM v1 serves ``n`` > 1 as
+    logits at the request's temperature. That is before vLLM's top-p / top-k, which raise
+    the drawn token's probability, so the count overstates surprisal and the prefix may
+    end early, making the 2 ** -free_bits bound approximate. vLLM v1 serves ``n`` > 1 as
     separate child requests, each given its own processor, so choices differ as they do
     in the local backend (not run against vLLM here: it is not installed in CI).
     """
