@@ -26,6 +26,17 @@ local backend's batcher, median p-value and the events' active-token tally):
   unwatermarked model, accuracy on the fixed QA set ``bench/data/factual_qa.json``
   (``bench/make_factual_qa.py``), and each watermark's own cost per token. SynthID is
   scored with its mean g-value and an exact binomial tail, checked on human text.
+  ``--methods exponential`` keeps only the methods whose names contain it (and the
+  unwatermarked references).
+* distinct (only when asked for): each prompt asked with ``n: 4`` and once more, per
+  ``--variants`` (e.g. ``exponential:watermark_free_bits=0``) and ``--temperatures``:
+  how many of the 5 texts differ, their p-values and the events' keyed tally.
+* qa (only when asked for): the 70 questions of the QA set through the batcher, per
+  ``--variants`` and ``--temperatures``, up to ``--qa-tokens`` tokens: correct answers.
+
+    .venv/bin/python bench/watermark.py --only distinct --prompts 8 --new-tokens 60
+    .venv/bin/python bench/watermark.py --only qa --qa-tokens 12 \
+        --variants plain,greenlist,exponential --temperatures 0,0.7,default
 """
 
 from __future__ import annotations
@@ -359,6 +370,125 @@ def bench_levers(model, tok, prompts: list[str], new_tokens: int, schemes: list[
                   f"{statistics.median(lengths):.0f} | {tally} |", flush=True)
 
 
+def _variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``scheme`` or ``scheme:setting=value,setting=value`` (e.g.
+    ``exponential:watermark_free_bits=0``) -> (scheme, settings)."""
+    name, _, rest = spec.partition(":")
+    sets = dict(item.split("=", 1) for item in rest.split("+") if item)
+    return name, sets
+
+
+def bench_distinct(model, tok, prompts: list[str], new_tokens: int, variants: list[str],
+                   temperatures: list[float | None]) -> None:
+    """Each prompt asked with ``n: 4`` and once more (a retry), through the local
+    backend's batcher, every variant and temperature in one batch (as concurrent clients
+    would be served): how many of the 5 texts differ, and their p-values."""
+    from distillguard.backends.batching import Batcher
+    from distillguard.gateway.schema import Limits, parse_chat
+
+    limits = Limits(max_tokens=4096, default_max_tokens=new_tokens, max_n=8)
+    cases = []
+    for spec in variants:
+        name, sets = _variant(spec)
+        OVERRIDES.clear()
+        OVERRIDES.update(sets)
+        service = None if name == "plain" else service_for(name)
+        OVERRIDES.clear()
+        for temperature in temperatures:
+            jobs, records = [], []
+            for i, prompt in enumerate(prompts):
+                for n in (4, 1):
+                    body = {"model": "m", "messages": [{"role": "user", "content": prompt}],
+                            "max_tokens": new_tokens, "n": n}
+                    if temperature is not None:
+                        body["temperature"] = temperature
+                    request = parse_chat(body, limits)
+                    if service is not None:
+                        request.watermark, record = service.sampler_for(f"distinct-{i}")
+                        records.append(record)
+                    jobs.append((i, _LeverJob(request)))
+            cases.append((spec, temperature, service or service_for("greenlist"), jobs,
+                          records))
+    batcher = Batcher(model, tok, max_rows=5 * len(prompts) * len(cases))
+    started = time.perf_counter()
+    batcher.admit([job for case in cases for _, job in case[3]])
+    while batcher.rows:
+        batcher.step()
+    log(f"distinct: {time.perf_counter() - started:.0f} s")
+    print(f"\n## Distinct samples ({len(prompts)} ShareGPT prompts, each asked with n: 4 "
+          f"and once more, {new_tokens} new tokens, embedded model through the local "
+          "backend's batcher; p-values from the text, corrected for every key and cohort)")
+    print("| variant | temperature | distinct texts of 5, per prompt | prompts with 5 of 5 | "
+          "median p | share p <= 1e-4 | not keyed / tokens (events) |")
+    print("|---|---|---|---|---|---|---|")
+    for spec, temperature, service, jobs, records in cases:
+        texts: dict[int, list[str]] = {}
+        for i, job in jobs:
+            texts.setdefault(i, []).extend("".join(job.texts.get(c, []))
+                                           for c in range(job.request.n))
+        distinct = [len(set(t)) for _, t in sorted(texts.items())]
+        ps = []
+        for group in texts.values():
+            for text in group:
+                ids = service.tokenize(text)
+                ps.append(service.detect_tokens(ids)["p_value"] if ids else 1.0)
+        tokens = sum(r["tokens"]["tokens"] for r in records)
+        keyed = sum(r["tokens"]["keyed"] for r in records)
+        tally = f"{tokens - keyed}/{tokens}" if records else "-"
+        label = "default (1.0)" if temperature is None else f"{temperature:g}"
+        print(f"| {spec} | {label} | {' '.join(map(str, distinct))} | "
+              f"{sum(d == 5 for d in distinct)}/{len(distinct)} | "
+              f"{statistics.median(ps):.1e} | {np.mean(np.array(ps) <= 1e-4):.2f} | "
+              f"{tally} |", flush=True)
+
+
+def bench_qa(model, tok, new_tokens: int, variants: list[str],
+             temperatures: list[float | None]) -> None:
+    """The 70 questions of the QA set through the local backend's batcher (what
+    ``distillguard serve`` runs, without HTTP), one answer each, per variant and request
+    temperature: correct answers."""
+    from distillguard.backends.batching import Batcher
+    from distillguard.gateway.schema import Limits, parse_chat
+
+    qa = load_factual_qa()
+    limits = Limits(max_tokens=4096, default_max_tokens=new_tokens, max_n=8)
+    cases = []
+    for spec in variants:
+        name, sets = _variant(spec)
+        OVERRIDES.clear()
+        OVERRIDES.update(sets)
+        service = None if name == "plain" else service_for(name)
+        OVERRIDES.clear()
+        for temperature in temperatures:
+            jobs = []
+            for i, item in enumerate(qa):
+                body = {"model": "m", "messages": [{"role": "user",
+                                                    "content": item["question"]}],
+                        "max_tokens": new_tokens}
+                if temperature is not None:
+                    body["temperature"] = temperature
+                request = parse_chat(body, limits)
+                if service is not None:
+                    request.watermark, _ = service.sampler_for(f"qa-{i}")
+                jobs.append(_LeverJob(request))
+            cases.append((spec, temperature, jobs))
+    batcher = Batcher(model, tok, max_rows=len(qa) * len(cases))
+    started = time.perf_counter()
+    batcher.admit([job for case in cases for job in case[2]])
+    while batcher.rows:
+        batcher.step()
+    log(f"qa: {time.perf_counter() - started:.0f} s")
+    print(f"\n## Factual QA ({len(qa)} questions of bench/data/factual_qa.json, up to "
+          f"{new_tokens} tokens, one answer each, through the local backend's batcher)")
+    print("| variant | temperature | correct |")
+    print("|---|---|---|")
+    for spec, temperature, jobs in cases:
+        right = sum(qa_correct(item, "".join(job.texts.get(0, [])))
+                    for item, job in zip(qa, jobs, strict=True))
+        label = "default (1.0)" if temperature is None else f"{temperature:g}"
+        print(f"| {spec} | {label} | {right}/{len(qa)} |", flush=True)
+
+
 # ----- power ---------------------------------------------------------------------------
 
 def attack(tokens: list[int], share: float, rng: np.random.Generator) -> list[int]:
@@ -436,6 +566,7 @@ def bench_power(model, tok, prompts: list[str], new_tokens: int, batch: int,
 # ----- frontier ------------------------------------------------------------------------
 
 FRONTIER_DELTAS = (1.0, 2.0, 3.0, 4.0)
+FRONTIER_FREE_BITS = [0.0]  # "ours exponential" is the configured default (free prefix)
 FRONTIER_P = 1e-6
 QA_PATH = Path(__file__).with_name("data") / "factual_qa.json"
 # SynthID-Text: 30 tournament layers (the paper's default depth) and 5-grams, as in
@@ -639,9 +770,13 @@ def watermark_costs(model, tok, prompts: list[str], starts: list[list[int]],
 
 
 def bench_frontier(model, tok, prompts: list[str], new_tokens: int, batch: int,
-                   qa_limit: int | None, qa_tokens: int, temperature: float = 0.7) -> None:
+                   qa_limit: int | None, qa_tokens: int, temperature: float = 0.7,
+                   only: list[str] | None = None) -> None:
     """Every watermark on the same prompts, model and temperature: tokens to p <= 1e-6,
-    perplexity under the unwatermarked model, QA accuracy and generation overhead."""
+    perplexity under the unwatermarked model, QA accuracy and generation overhead.
+
+    ``only``: substrings of method names to keep (the two unwatermarked references, which
+    the detection and overhead columns need, always run)."""
     from transformers import WatermarkDetector
 
     qa = load_factual_qa(qa_limit)
@@ -652,10 +787,16 @@ def bench_frontier(model, tok, prompts: list[str], new_tokens: int, batch: int,
         methods.append({"name": f"ours greenlist δ={delta:g}", "loop": "ours",
                         "scheme": "greenlist", "set": {"watermark_delta": delta}})
     methods.append({"name": "ours exponential", "loop": "ours", "scheme": "exponential"})
+    for bits in FRONTIER_FREE_BITS:
+        methods.append({"name": f"ours exponential free_bits={bits:g}", "loop": "ours",
+                        "scheme": "exponential", "set": {"watermark_free_bits": bits}})
     methods += [{"name": "unwatermarked (transformers generate)", "loop": "hf"},
                 {"name": "SynthID-Text (transformers)", "loop": "hf", "config": synthid_config},
                 {"name": "transformers WatermarkingConfig δ=2", "loop": "hf",
                  "config": hf_kgw_config}]
+    if only:
+        methods = [m for m in methods if m["name"].startswith("unwatermarked")
+                   or any(o in m["name"] for o in only)]
     for m in methods:
         log(f"frontier: {m['name']}...")
         began = time.perf_counter()
@@ -760,8 +901,9 @@ def bench_frontier(model, tok, prompts: list[str], new_tokens: int, batch: int,
           "one key (uncorrected), median tokens: " + ", ".join(
               f"{m['name'].removeprefix('ours ')} {m['single_median']}"
               for m in methods if "single_median" in m))
-    synthid = next(m for m in methods if "synthid_proc" in m)
-    bench_synthid_null(tok, synthid["synthid_proc"])
+    synthid = next((m for m in methods if "synthid_proc" in m), None)
+    if synthid is not None:
+        bench_synthid_null(tok, synthid["synthid_proc"])
 
 
 def bench_synthid_null(tok, processor, key_sets: int = 20, chunk: int = 200,
@@ -811,6 +953,17 @@ def main() -> None:
                              "much faster on a machine that other jobs share)")
     parser.add_argument("--qa-tokens", type=int, default=24,
                         help="frontier: new tokens per QA answer")
+    parser.add_argument("--methods", default="",
+                        help="frontier: comma-separated substrings of method names to run "
+                             "(e.g. 'exponential'); the unwatermarked references always run")
+    parser.add_argument("--free-bits", default="0",
+                        help="frontier: exponential rows with these free_bits besides the "
+                             "configured default, comma-separated")
+    parser.add_argument("--variants", default="exponential:watermark_free_bits=0,exponential",
+                        help="distinct: scheme[:setting=value+...] per variant, "
+                             "comma-separated ('plain' for no watermark)")
+    parser.add_argument("--temperatures", default="default,0.7,0",
+                        help="distinct: request temperatures ('default': none given)")
     parser.add_argument("--model", default=None,
                         help="model folder instead of the embedded model (tests)")
     parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
@@ -820,12 +973,14 @@ def main() -> None:
         name, _, value = item.partition("=")
         OVERRIDES[name.strip()] = value.strip()
     parts = set(args.only.split(","))
+    FRONTIER_FREE_BITS[:] = [float(b) for b in args.free_bits.split(",") if b]
     started = time.perf_counter()
     print("# Watermark benchmark")
     if "detector" in parts:
         bench_detector(args.detector_tokens)
     torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
-    if parts & {"overhead", "calibration", "power", "levers", "frontier"}:
+    if parts & {"overhead", "calibration", "power", "levers", "frontier", "distinct",
+                 "qa"}:
         tok, model = load_model(args.model)
         prompts = sharegpt_prompts(args.skip_prompts + max(args.prompts, 16))
         prompts = prompts[args.skip_prompts:]
@@ -838,7 +993,17 @@ def main() -> None:
                          args.schemes.split(","), args.levers.split(","))
         if "frontier" in parts:
             bench_frontier(model, tok, prompts[:args.prompts], args.new_tokens, args.batch,
-                           args.qa or None, args.qa_tokens)
+                           args.qa or None, args.qa_tokens,
+                           only=[m for m in args.methods.split(",") if m])
+        if "qa" in parts:
+            bench_qa(model, tok, args.qa_tokens, args.variants.split(","),
+                     [None if t == "default" else float(t)
+                      for t in args.temperatures.split(",")])
+        if "distinct" in parts:
+            bench_distinct(model, tok, prompts[:args.prompts], args.new_tokens,
+                           args.variants.split(","),
+                           [None if t == "default" else float(t)
+                            for t in args.temperatures.split(",")])
         if "power" in parts:
             bench_power(model, tok, prompts[:args.prompts], args.new_tokens, args.batch,
                         args.schemes.split(","))

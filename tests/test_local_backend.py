@@ -254,9 +254,14 @@ class ConstantWatermark:
     def __init__(self, token: int) -> None:
         self.token = token
         self.calls: list[tuple[np.ndarray, torch.Tensor, bool]] = []
+        self.rows: list[bool] = []
 
     def effective(self, temperature, top_p):
         return temperature, top_p
+
+    def for_row(self, sampled):
+        self.rows.append(sampled)
+        return self
 
     def bias_row(self, context, logits, scale=1.0):
         return logits
@@ -282,6 +287,10 @@ async def test_every_token_goes_through_the_watermark_sampler(backend: LocalBack
     assert list(context[-4:]) == [token] * 4
     assert logits.dtype == torch.float32 and logits.shape == (len(tokenizer),)
     assert greedy is False
+    assert mark.rows == [True]  # one row sampler per choice, told the request samples
+    mark = ConstantWatermark(token)
+    await backend.complete(chat(temperature=0, n=3, max_tokens=2, watermark=mark))
+    assert mark.rows == [False] * 3
 
 
 def test_text_stream_holds_back_a_possible_stop_string() -> None:

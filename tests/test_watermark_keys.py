@@ -135,8 +135,9 @@ def test_scheme_none_gives_the_plain_sampler_and_no_record(tmp_path):
 
 
 def test_scheme_parameters_come_from_settings(tmp_path):
-    settings = make_settings(tmp_path, watermark_gamma=0.5, watermark_delta=4.0,
-                             watermark_context_width=3, watermark_seeding="min")
+    settings = make_settings(tmp_path, watermark_scheme="greenlist", watermark_gamma=0.5,
+                             watermark_delta=4.0, watermark_context_width=3,
+                             watermark_seeding="min")
     _, record = WatermarkService.from_settings(settings).sampler_for("a")
     assert record["params"] == {"gamma": 0.5, "delta": 4.0, "context_width": 3,
                                 "seeding": "min", "strength": 1.0, "min_temperature": 0.7,

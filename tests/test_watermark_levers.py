@@ -48,12 +48,21 @@ async def gateway(harness_factory, tiny_model):
                                                       max_batch=8))
 
 
+@pytest.fixture(params=["exponential", "greenlist"])
+async def marked(request, harness_factory, tiny_model):
+    """A gateway under each scheme: the default (exponential) and the green list."""
+    return await harness_factory(backend=LocalBackend(tiny_model, model_name="tiny",
+                                                      max_batch=8),
+                                 watermark_scheme=request.param)
+
+
 async def _ask(client, **fields):
     fields.setdefault("max_tokens", 60)
     return await client.chat.completions.create(model="tiny", messages=PROMPT, **fields)
 
 
-async def test_every_lever_alone_and_combined_stays_watermarked(gateway):
+async def test_every_lever_alone_and_combined_stays_watermarked(marked):
+    gateway = marked
     client = gateway.sdk()
     service = gateway.runtime.watermark
     for name, fields in LEVERS.items():
@@ -85,7 +94,8 @@ async def test_plain_output_under_the_same_levers_is_not_flagged(harness_factory
         assert marked.runtime.watermark.detect_text(text)["p_value"] > 1e-3
 
 
-async def test_greedy_requests_are_a_repeatable_keyed_choice(gateway):
+async def test_greedy_requests_are_a_repeatable_keyed_choice(marked):
+    gateway = marked
     client = gateway.sdk()
     first = await _ask(client, temperature=0)
     again = await _ask(client, temperature=0)
@@ -95,7 +105,8 @@ async def test_greedy_requests_are_a_repeatable_keyed_choice(gateway):
     assert floor > 0
 
 
-async def test_a_forced_answer_is_recorded_as_unwatermarked(gateway, tiny_model):
+async def test_a_forced_answer_is_recorded_as_unwatermarked(marked, tiny_model):
+    gateway = marked
     tokenizer = gateway.runtime.backend._batcher.tokenizer
     token = tokenizer.encode(" blue", add_special_tokens=False)[0]
     reply = await gateway.sdk().chat.completions.create(
@@ -103,8 +114,11 @@ async def test_a_forced_answer_is_recorded_as_unwatermarked(gateway, tiny_model)
     assert reply.choices[0].message.content == " blue" * 20
     [event] = gateway.events()
     # The client forced every token: nothing the watermark could act on, and the event
-    # says so instead of claiming a watermark.
-    assert event.watermark["tokens"] == {"tokens": 20, "keyed": 20, "active": 0}
+    # says so instead of claiming a watermark. The green list keyed all 20 draws; the
+    # exponential scheme keyed none, because forced tokens (p about 1) carry no
+    # surprisal, so its free prefix never ran out.
+    keyed = 20 if event.watermark["scheme"] == "greenlist" else 0
+    assert event.watermark["tokens"] == {"tokens": 20, "keyed": keyed, "active": 0}
 
 
 async def test_logit_bias_bans_tokens_and_checks_their_ids(harness_factory, tiny_model):

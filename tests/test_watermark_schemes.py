@@ -173,7 +173,8 @@ def test_exponential_race_is_deterministic_but_repeated_windows_sample_freshly()
     assert not _window_seen_before(np.array([1, 2, 3, 9, 2, 1, 3]), 3)
     assert not _window_seen_before(np.array([5, 5]), 0)
 
-    sampler = get_scheme("exponential", context_width=2).sampler(
+    # free_bits 0: no free prefix, every draw is the race (the prefix is tested below).
+    sampler = get_scheme("exponential", context_width=2, free_bits=0).sampler(
         KeyedPartition(b"f" * 32, VOCAB))
     logits = torch.zeros(VOCAB)  # uniform: the plain draw varies with the generator
 

@@ -294,7 +294,7 @@ SETTINGS: tuple[Setting, ...] = (
             "the package (built from real ShareGPT traffic); reasons name the one used."),
     # --- end detq settings ---
     # --- watermark settings (watermark engineer edits only this block) ---
-    Setting("watermark_scheme", str, "greenlist", "Watermark embedded in every generated "
+    Setting("watermark_scheme", str, "exponential", "Watermark embedded in every generated "
             "response: `greenlist` (Kirchenbauer et al.), `exponential` (distortion-free "
             "exponential race, Aaronson) or `none`. No request field can change it.",
             choices=_scheme_names),
@@ -313,6 +313,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("watermark_greedy_temperature", float, 0.7, "Temperature at which the "
             "exponential scheme races greedy rows when `watermark_min_temperature` is 0.",
             above=0),
+    Setting("watermark_free_bits", float, 10.0, "Exponential scheme: surprisal (bits) "
+            "a sampled choice draws unkeyed before the keyed race takes over, so that `n` "
+            "choices and retries of one prompt differ (two coincide with probability about "
+            "2^-bits). Temperature-0 requests have none and stay repeatable. 0: no prefix.",
+            minimum=0, maximum=64),
     Setting("watermark_min_temperature", float, 0.7, "Floor on a watermarked request's "
             "temperature (temperature 0 included: greedy requests become a keyed, "
             "repeatable choice among near-tied tokens). Below it too little entropy is "

@@ -282,7 +282,10 @@ class Batcher:
                         torch.tensor(list(request.logit_bias.values()), dtype=torch.float32))
             for choice in range(request.n):
                 expand.append(i)
-                rows.append(_Row(job, choice, ids, max(1, max_new), sampler,
+                # Each choice its own row sampler: per-row watermark state (the
+                # exponential scheme's free prefix) must not be shared between choices.
+                rows.append(_Row(job, choice, ids, max(1, max_new),
+                                 sampler.for_row(request.temperature > 0),
                                  row_generator(seed, choice),
                                  TextStream(self._decode, request.stop), bias))
         index = torch.tensor(expand, dtype=torch.long)

@@ -2,10 +2,10 @@
 
 The watermark acts on the model before any request field does. A backend takes one
 row's raw next-token logits (after the client's penalties and ``logit_bias``), lets the
-request's ``RowSampler`` bias them (``bias_row``), applies the effective temperature and
-top-p (``effective`` raises them to the watermark's floors), and asks the sampler to
-pick the token (``draw_row``). Plain sampling is a ``RowSampler`` too, so a backend has
-exactly one sampling path.
+row's ``RowSampler`` (the request's, one per choice through ``for_row``) bias them
+(``bias_row``), applies the effective temperature and top-p (``effective`` raises them
+to the watermark's floors), and asks the sampler to pick the token (``draw_row``).
+Plain sampling is a ``RowSampler`` too, so a backend has exactly one sampling path.
 """
 
 from __future__ import annotations
@@ -32,6 +32,15 @@ class RowSampler(Protocol):
 
         Temperature 0 means greedy. A watermark raises both to its floors so that no
         request field leaves it without entropy to act on.
+        """
+
+    def for_row(self, sampled: bool) -> RowSampler:
+        """The sampler of one choice (row) of this request, sharing its ``tally``.
+
+        A backend calls it once per choice and draws that row's tokens with the result
+        only: a scheme may keep per-row state (the exponential scheme's free prefix).
+        ``sampled``: the request asked for sampling (temperature above 0), before any
+        floor raised it; a row that asked for greedy decoding stays repeatable.
         """
 
     def bias_row(self, context: np.ndarray, logits: torch.Tensor,
@@ -63,8 +72,8 @@ def new_tally() -> dict[str, Any]:
     """Per-request counts a watermarked request's event record carries.
 
     ``tokens``: tokens drawn; ``keyed``: of those, drawn under a keyed seed (context
-    long enough, window not already used); ``active``: of those, where the watermark
-    could change the pick (see ``ACTIVE_TOP_PROBABILITY``). A fully deterministic answer
-    has ``active`` 0, and its event says so.
+    long enough, window not already used, past any free prefix); ``active``: of those,
+    where the watermark could change the pick (see ``ACTIVE_TOP_PROBABILITY``). A fully
+    deterministic answer has ``active`` 0, and its event says so.
     """
     return {"tokens": 0, "keyed": 0, "active": 0}

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 MIN_TEMPERATURE = 0.7
 MIN_TOP_P = 0.9
+FREE_BITS = 10.0
+"""The exponential scheme's free prefix: surprisal (bits) a sampled row draws unkeyed."""
 
 
 def register(cls: type[Scheme]) -> type[Scheme]:
@@ -86,6 +88,15 @@ def draw(x: np.ndarray, greedy: bool, generator: torch.Generator | None) -> tupl
 
     token, total = _inverse_cdf(x, float(torch.rand(1, generator=generator)))
     return token, 1.0 / total
+
+
+def draw_with_surprisal(logits: torch.Tensor,
+                        generator: torch.Generator | None) -> tuple[int, float, float]:
+    """(token, top probability, -log2 p(token)): one plain draw from softmax(logits)."""
+    x = _float64_copy(logits)
+    token, top = draw(x, False, generator)
+    # ``draw`` left the unnormalised weights in x (the largest is 1) and top = 1 / total.
+    return token, top, -math.log2(float(x[token]) * top)
 
 
 _BLOCK = 256
@@ -206,8 +217,9 @@ class Scheme(abc.ABC):
 class _RowSamplerBase:
     """A scheme bound to one partition, with a scratch buffer and the request's tally.
 
-    One sampler serves one request (all its choices), and one thread draws for it, so
-    the buffer is never shared between threads.
+    One sampler serves one request, and one thread draws for it, so the buffer is never
+    shared between threads. A scheme with per-row state (the exponential scheme's free
+    prefix) gives each choice its own object from ``for_row``, sharing the tally.
     """
 
     def __init__(self, scheme: Scheme, partition: KeyedPartition) -> None:
@@ -219,6 +231,10 @@ class _RowSamplerBase:
     def effective(self, temperature: float, top_p: float) -> tuple[float, float]:
         return (max(float(temperature), self.scheme.min_temperature),
                 max(float(top_p), self.scheme.min_top_p))
+
+    def for_row(self, sampled: bool) -> RowSampler:
+        # A stateless scheme serves every row of the request with the same object.
+        return self
 
     def bias_row(self, context: np.ndarray, logits: torch.Tensor,
                  scale: float = 1.0) -> torch.Tensor:
@@ -361,21 +377,37 @@ class Exponential(Scheme):
     token) once). Greedy rows are raced at ``greedy_temperature`` so that temperature 0
     cannot switch the watermark off. ``strength`` s > 1 raises the race's temperature by
     s, which adds entropy and so evidence per token, at a cost in quality.
+
+    Because the race is deterministic, two choices of one request (``n`` > 1) or two
+    requests with the same prompt would return the same text. So a sampled row (the
+    request asked for a temperature above 0) first draws a *free prefix* with its own
+    generator, unkeyed, until the drawn tokens' surprisal -log2 p adds up to
+    ``free_bits``; only then does the race take over. The race's seed depends on the
+    last ``context_width`` tokens, so rows whose prefixes differ continue differently,
+    and two independent rows share a prefix with probability at most 2 ** -free_bits.
+    The prefix tokens are ordinary samples: the detector needs no change, they only add
+    unwatermarked pairs to what it scores, and the tally counts them as not keyed. A row
+    that asked for temperature 0 has no prefix, so the same prompt keeps its answer.
+    ``free_bits`` 0 switches the prefix off (every row raced from its first token).
     """
 
     name = "exponential"
     statistic = "gamma_statistic"
 
     def __init__(self, *, greedy_temperature: float = 0.7, context_width: int = 4,
-                 **common: Any) -> None:
+                 free_bits: float = FREE_BITS, **common: Any) -> None:
         super().__init__(context_width=context_width, **common)
         if not greedy_temperature > 0.0:
             raise ValueError(f"greedy_temperature must be positive, got {greedy_temperature}")
+        if not 0.0 <= free_bits <= 64.0:
+            raise ValueError(f"free_bits must lie in 0..64, got {free_bits}")
         self.greedy_temperature = float(greedy_temperature)
+        self.free_bits = float(free_bits)
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"greedy_temperature": self.greedy_temperature, **super().params}
+        return {"greedy_temperature": self.greedy_temperature, "free_bits": self.free_bits,
+                **super().params}
 
     def choose(self, partition: KeyedPartition, seed: np.uint64,
                logits: torch.Tensor) -> int:
@@ -415,6 +447,8 @@ class Exponential(Scheme):
 
     def process_logits(self, partition: KeyedPartition, context: np.ndarray,
                        logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        # The race only: the free prefix is per-row state, which the caller keeps
+        # (``vllm_adapter.RequestWatermark`` passes the logits through while it lasts).
         seed = self.race_seed(partition, context)
         if seed is None:
             return logits
@@ -456,10 +490,33 @@ def _window_seen_before(context: np.ndarray, width: int) -> bool:
 
 
 class _ExponentialSampler(_RowSamplerBase):
+    """The race, after a free prefix of ``free_bits`` (see ``Exponential``).
+
+    The object ``Exponential.sampler`` returns is itself one row (a sampled one, unless
+    drawn from with ``greedy``); ``for_row`` gives each further choice its own prefix.
+    """
+
     scheme: Exponential
+
+    def __init__(self, scheme: Exponential, partition: KeyedPartition, *,
+                 tally: dict[str, Any] | None = None, sampled: bool = True) -> None:
+        super().__init__(scheme, partition)
+        if tally is not None:
+            self.tally = tally
+        self.free_left = scheme.free_bits if sampled else 0.0
+        """Bits of surprisal this row still draws unkeyed before the race takes over."""
+
+    def for_row(self, sampled: bool) -> RowSampler:
+        return _ExponentialSampler(self.scheme, self.partition, tally=self.tally,
+                                   sampled=sampled)
 
     def draw_row(self, context: np.ndarray, logits: torch.Tensor, greedy: bool,
                  generator: torch.Generator | None, reference: int | None = None) -> int:
+        if self.free_left > 0.0 and not greedy:
+            token, top, bits = draw_with_surprisal(logits, generator)
+            self.free_left -= bits
+            self._count(False, top, token, reference)
+            return token
         seed = self.scheme.race_seed(self.partition, context)
         if seed is None:
             token, top = draw(_float64_copy(logits), greedy, generator)

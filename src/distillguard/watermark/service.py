@@ -47,6 +47,9 @@ class PlainSampler:
     def effective(self, temperature: float, top_p: float) -> tuple[float, float]:
         return float(temperature), float(top_p)
 
+    def for_row(self, sampled: bool) -> RowSampler:
+        return self
+
     def bias_row(self, context: np.ndarray, logits: torch.Tensor,
                  scale: float = 1.0) -> torch.Tensor:
         return logits

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,15 @@ class RequestWatermark:
     vLLM calls it once per decoding step with the prompt ids, the ids generated so far
     and the row's raw logits (before its temperature); ``temperature`` is the request's,
     which the exponential scheme needs because it picks the token itself.
+
+    The exponential scheme's free prefix (``Exponential.free_bits``) lives here, one per
+    processor: while it lasts the logits pass unchanged and vLLM samples with its own
+    generator; the surprisal of each token it drew is read from the previous step's
+    logits at the request's temperature. That is before vLLM's top-p / top-k, which raise
+    the drawn token's probability, so the count overstates surprisal and the prefix may
+    end early, making the 2 ** -free_bits bound approximate. vLLM v1 serves ``n`` > 1 as
+    separate child requests, each given its own processor, so choices differ as they do
+    in the local backend (not run against vLLM here: it is not installed in CI).
     """
 
     def __init__(self, scheme: Scheme, partition: KeyedPartition, *,
@@ -48,9 +58,19 @@ class RequestWatermark:
         self.scheme = scheme
         self.partition = partition
         self.temperature = float(temperature)
+        free = float(getattr(scheme, "free_bits", 0.0))
+        self.free_left = free if self.temperature > 0 else 0.0
+        self._previous: torch.Tensor | None = None  # log-probs of the last free step
 
     def __call__(self, prompt_ids: list[int], output_ids: list[int],
                  logits: torch.Tensor) -> torch.Tensor:
+        if self.free_left > 0.0:
+            if self._previous is not None and output_ids:
+                self.free_left -= -float(self._previous[output_ids[-1]]) / math.log(2)
+                self._previous = None
+            if self.free_left > 0.0:
+                self._previous = torch.log_softmax(logits.float() / self.temperature, -1)
+                return logits
         # The whole sequence, not just the last h tokens: the exponential scheme checks
         # whether the current window occurred before.
         context = np.fromiter(itertools.chain(prompt_ids, output_ids), dtype=np.int64)
