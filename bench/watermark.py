@@ -324,8 +324,7 @@ def bench_levers(model, tok, prompts: list[str], new_tokens: int, schemes: list[
                  levers: list[str]) -> None:
     """Each request lever through the local backend's own batcher and the gateway's
     request parser; detection on the text, as ``distillguard wm detect`` does."""
-    from distillguard.backends.batching import Batcher
-    from distillguard.gateway.schema import Limits, parse_chat
+    from distillguard.gateway.schema import Limits
 
     limits = Limits(max_tokens=4096, default_max_tokens=new_tokens, max_n=8)
     print(f"\n## Request levers ({len(prompts)} ShareGPT prompts, {new_tokens} new tokens, "
@@ -336,25 +335,20 @@ def bench_levers(model, tok, prompts: list[str], new_tokens: int, schemes: list[
     print("|---|---|---|---|---|---|---|")
     for name in schemes:
         service = service_for("greenlist" if name == "plain" else name)
-        # Every lever's requests in one batch, as concurrent clients would be served.
-        batcher = Batcher(model, tok, max_rows=len(prompts) * len(levers) * 8)
         runs: dict[str, tuple[list[_LeverJob], list[dict]]] = {}
         for lever in levers:
             jobs, records = [], []
             for i, prompt in enumerate(prompts):
-                body = {"model": "m", "messages": [{"role": "user", "content": prompt}],
-                        "max_tokens": new_tokens, **LEVERS[lever]}
-                request = parse_chat(body, limits)
+                request = _chat_request(prompt, new_tokens, limits, **LEVERS[lever])
                 if name != "plain":
                     request.watermark, record = service.sampler_for(f"lever-{i}")
                     records.append(record)
                 jobs.append(_LeverJob(request))
             runs[lever] = (jobs, records)
-        started = time.perf_counter()
-        batcher.admit([job for jobs, _ in runs.values() for job in jobs])
-        while batcher.rows:
-            batcher.step()
-        log(f"{name}: {time.perf_counter() - started:.0f} s for {batcher.max_rows} rows max")
+        # Every lever's requests in one batch, as concurrent clients would be served.
+        rows = len(prompts) * len(levers) * 8
+        took = _serve(model, tok, [job for jobs, _ in runs.values() for job in jobs], rows)
+        log(f"{name}: {took:.0f} s for {rows} rows max")
         for lever, (jobs, records) in runs.items():
             ps, lengths = [], []
             for job in jobs:
@@ -370,12 +364,43 @@ def bench_levers(model, tok, prompts: list[str], new_tokens: int, schemes: list[
                   f"{statistics.median(lengths):.0f} | {tally} |", flush=True)
 
 
-def _variant(spec: str) -> tuple[str, dict[str, str]]:
-    """``scheme`` or ``scheme:setting=value,setting=value`` (e.g.
-    ``exponential:watermark_free_bits=0``) -> (scheme, settings)."""
+def _variant_service(spec: str) -> WatermarkService | None:
+    """The service of ``scheme`` or ``scheme:setting=value+setting=value`` (e.g.
+    ``exponential:watermark_free_bits=0``); None for ``plain`` (no watermark)."""
     name, _, rest = spec.partition(":")
-    sets = dict(item.split("=", 1) for item in rest.split("+") if item)
-    return name, sets
+    if name == "plain":
+        return None
+    OVERRIDES.clear()
+    OVERRIDES.update(dict(item.split("=", 1) for item in rest.split("+") if item))
+    try:
+        return service_for(name)
+    finally:
+        OVERRIDES.clear()
+
+
+def _chat_request(content: str, new_tokens: int, limits, **fields):
+    """A one-message chat request as the gateway's parser makes it."""
+    from distillguard.gateway.schema import parse_chat
+
+    return parse_chat({"model": "m", "messages": [{"role": "user", "content": content}],
+                       "max_tokens": new_tokens, **fields}, limits)
+
+
+def _temperature(temperature: float | None) -> dict[str, float]:
+    """The request field for ``temperature`` (None: the field left out)."""
+    return {} if temperature is None else {"temperature": temperature}
+
+
+def _serve(model, tok, jobs: list[_LeverJob], max_rows: int) -> float:
+    """Every job through one local-backend batcher until done; returns the seconds."""
+    from distillguard.backends.batching import Batcher
+
+    batcher = Batcher(model, tok, max_rows=max_rows)
+    started = time.perf_counter()
+    batcher.admit(jobs)
+    while batcher.rows:
+        batcher.step()
+    return time.perf_counter() - started
 
 
 def bench_distinct(model, tok, prompts: list[str], new_tokens: int, variants: list[str],
@@ -383,38 +408,27 @@ def bench_distinct(model, tok, prompts: list[str], new_tokens: int, variants: li
     """Each prompt asked with ``n: 4`` and once more (a retry), through the local
     backend's batcher, every variant and temperature in one batch (as concurrent clients
     would be served): how many of the 5 texts differ, and their p-values."""
-    from distillguard.backends.batching import Batcher
-    from distillguard.gateway.schema import Limits, parse_chat
+    from distillguard.gateway.schema import Limits
 
     limits = Limits(max_tokens=4096, default_max_tokens=new_tokens, max_n=8)
     cases = []
     for spec in variants:
-        name, sets = _variant(spec)
-        OVERRIDES.clear()
-        OVERRIDES.update(sets)
-        service = None if name == "plain" else service_for(name)
-        OVERRIDES.clear()
+        service = _variant_service(spec)
         for temperature in temperatures:
             jobs, records = [], []
             for i, prompt in enumerate(prompts):
                 for n in (4, 1):
-                    body = {"model": "m", "messages": [{"role": "user", "content": prompt}],
-                            "max_tokens": new_tokens, "n": n}
-                    if temperature is not None:
-                        body["temperature"] = temperature
-                    request = parse_chat(body, limits)
+                    request = _chat_request(prompt, new_tokens, limits, n=n,
+                                            **_temperature(temperature))
                     if service is not None:
                         request.watermark, record = service.sampler_for(f"distinct-{i}")
                         records.append(record)
                     jobs.append((i, _LeverJob(request)))
             cases.append((spec, temperature, service or service_for("greenlist"), jobs,
                           records))
-    batcher = Batcher(model, tok, max_rows=5 * len(prompts) * len(cases))
-    started = time.perf_counter()
-    batcher.admit([job for case in cases for _, job in case[3]])
-    while batcher.rows:
-        batcher.step()
-    log(f"distinct: {time.perf_counter() - started:.0f} s")
+    took = _serve(model, tok, [job for case in cases for _, job in case[3]],
+                  5 * len(prompts) * len(cases))
+    log(f"distinct: {took:.0f} s")
     print(f"\n## Distinct samples ({len(prompts)} ShareGPT prompts, each asked with n: 4 "
           f"and once more, {new_tokens} new tokens, embedded model through the local "
           "backend's batcher; p-values from the text, corrected for every key and cohort)")
@@ -447,37 +461,25 @@ def bench_qa(model, tok, new_tokens: int, variants: list[str],
     """The 70 questions of the QA set through the local backend's batcher (what
     ``distillguard serve`` runs, without HTTP), one answer each, per variant and request
     temperature: correct answers."""
-    from distillguard.backends.batching import Batcher
-    from distillguard.gateway.schema import Limits, parse_chat
+    from distillguard.gateway.schema import Limits
 
     qa = load_factual_qa()
     limits = Limits(max_tokens=4096, default_max_tokens=new_tokens, max_n=8)
     cases = []
     for spec in variants:
-        name, sets = _variant(spec)
-        OVERRIDES.clear()
-        OVERRIDES.update(sets)
-        service = None if name == "plain" else service_for(name)
-        OVERRIDES.clear()
+        service = _variant_service(spec)
         for temperature in temperatures:
             jobs = []
             for i, item in enumerate(qa):
-                body = {"model": "m", "messages": [{"role": "user",
-                                                    "content": item["question"]}],
-                        "max_tokens": new_tokens}
-                if temperature is not None:
-                    body["temperature"] = temperature
-                request = parse_chat(body, limits)
+                request = _chat_request(item["question"], new_tokens, limits,
+                                        **_temperature(temperature))
                 if service is not None:
                     request.watermark, _ = service.sampler_for(f"qa-{i}")
                 jobs.append(_LeverJob(request))
             cases.append((spec, temperature, jobs))
-    batcher = Batcher(model, tok, max_rows=len(qa) * len(cases))
-    started = time.perf_counter()
-    batcher.admit([job for case in cases for job in case[2]])
-    while batcher.rows:
-        batcher.step()
-    log(f"qa: {time.perf_counter() - started:.0f} s")
+    took = _serve(model, tok, [job for case in cases for job in case[2]],
+                  len(qa) * len(cases))
+    log(f"qa: {took:.0f} s")
     print(f"\n## Factual QA ({len(qa)} questions of bench/data/factual_qa.json, up to "
           f"{new_tokens} tokens, one answer each, through the local backend's batcher)")
     print("| variant | temperature | correct |")

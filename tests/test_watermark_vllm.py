@@ -25,10 +25,10 @@ def fake_logits(prompt: list[int], output: list[int]) -> torch.Tensor:
     return torch.randn(VOCAB, generator=g) * 2.5
 
 
-def run_engine(processor, temperature: float, n: int = 200) -> list[int]:
+def run_engine(processor, temperature: float, n: int = 200, seed: int = 0) -> list[int]:
     """What vLLM does per step: processor on raw logits, then temperature, then sample."""
     prompt, output = [3, 4, 5], []
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     for _ in range(n):
         logits = processor(prompt, output, fake_logits(prompt, output).clone())
         if temperature == 0:
@@ -105,3 +105,20 @@ def test_adapter_class_watermarks_every_request_and_records_it(monkeypatch, tmp_
     # a request without extra_args is watermarked all the same
     bare = types.SimpleNamespace(temperature=1.0, extra_args=None)
     assert proc.new_req_logits_processor(bare) is not None
+
+
+def test_vllm_processors_have_their_own_prefix():
+    # The exponential scheme's free prefix lives per request processor: sampled runs
+    # differ and are each watermarked; temperature 0 has no prefix and repeats.
+    scheme = get_scheme("exponential")
+    part = KeyedPartition(b"s" * 32, VOCAB)
+
+    def engine(temperature: float, seed: int) -> list[int]:
+        proc = vllm_adapter.RequestWatermark(scheme, part, temperature=temperature)
+        return run_engine(proc, temperature, n=80, seed=seed)
+
+    sampled = [engine(0.7, s) for s in range(4)]
+    assert len({tuple(o) for o in sampled}) == 4
+    for out in sampled:
+        assert detect(out, scheme, [Candidate("k", 0, part)])["p_value"] < 1e-6
+    assert len({tuple(engine(0.0, s)) for s in range(3)}) == 1

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -166,3 +166,9 @@ class CachedEmbedder:
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
         return len(keys)
+
+
+def settings_embedder(settings: Any) -> CachedEmbedder:
+    """The embedder detection with ``settings`` uses: MiniLM behind an LRU cache of
+    ``detection_embedding_cache`` prompts."""
+    return CachedEmbedder(MiniLMEmbedder(), max_entries=settings.detection_embedding_cache)

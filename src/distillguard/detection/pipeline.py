@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distillguard.detection.campaigns import Campaign, Profile, find_campaigns
-from distillguard.detection.features import flat_features, hash64
+from distillguard.detection.features import flat_features
 from distillguard.detection.signals import (
     GROUPS,
     Baseline,
@@ -54,13 +54,13 @@ from distillguard.detection.signals import (
     create_signal,
     signal_names,
 )
+from distillguard.detection.space import PromptSpace, embed_slice, in_sample, sample_cut
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
     from distillguard.detection.asn import AsnTable
     from distillguard.detection.embedder import Embedder
     from distillguard.detection.sketch import PromptSketch
-    from distillguard.detection.space import PromptSpace
     from distillguard.telemetry.events import RequestEvent
 
 log = logging.getLogger("distillguard.detection")
@@ -218,9 +218,12 @@ class DetectionPipeline:
                  space: PromptSpace | None = None) -> None:
         from distillguard.detection.elicitation import Elicitation
 
-        if space is not None:  # the space's parts, as they are (no defaults filled in)
-            embedder, topic_map, prompt_reference = (space.embedder, space.topic_map,
-                                                     space.sketch)
+        sample = settings.detection_embedding_sample if settings is not None else 1.0
+        if space is None and embedder is not None:
+            # Shipped topic map and reference where none is given; a space passed in is
+            # taken as it is.
+            space = PromptSpace.build(embedder, topic_map=topic_map,
+                                      sketch=prompt_reference, sample=sample)
         self.settings = settings
         self.min_events = settings.detection_min_events if settings is not None else 20
         self.baseline_min_events = (settings.detection_baseline_min_events
@@ -234,38 +237,22 @@ class DetectionPipeline:
         self.signals: list[Signal] = [create_signal(n, settings)
                                       for n in (signals or signal_names())]
         self._observers = [s.observe for s in self.signals]  # bound once: the hot loop
-        self.embedder = embedder
-        if embedder is not None and topic_map is None and space is None:
-            from distillguard.detection.topics import load_topic_map
-
-            topic_map = load_topic_map()
-        self.topic_map = topic_map
+        # The space prompts are read in (also what the gateway derives without text).
+        self.space: PromptSpace | None = space
+        self.embedder = space.embedder if space is not None else None
+        self.topic_map = space.topic_map if space is not None else topic_map
+        topic_map = self.topic_map
         n_topics = len(topic_map) if topic_map is not None else 0
         for s in self.signals:
             if s.name == "coverage":
                 s.n_topics = n_topics  # type: ignore[attr-defined]
-        self.elicitation = space.elicitation if space is not None else Elicitation(embedder)
+        self.elicitation = space.elicitation if space is not None else Elicitation(None)
         # The prompt-distribution test: each embedding's random Fourier features, once.
-        self.sketch = prompt_reference
-        if embedder is not None and prompt_reference is None and space is None:
-            from distillguard.detection.sketch import load_reference
-
-            self.sketch = load_reference()
-        if self.sketch is not None and (embedder is None
-                                        or self.sketch.w.shape[1] != embedder.dim):
-            self.sketch = None  # no embeddings, or a reference from another space
+        self.sketch = space.sketch if space is not None else None
         for s in self.signals:
             if s.name == "prompt_distribution":
                 s.reference = self.sketch  # type: ignore[attr-defined]
-        sample = settings.detection_embedding_sample if settings is not None else 1.0
-        self._sample_cut = int(round(sample * 1024))
-        # The space prompts are read in (also what the gateway derives without text).
-        self.space: PromptSpace | None = space
-        if embedder is not None and space is None:
-            from distillguard.detection.space import PromptSpace
-
-            self.space = PromptSpace(embedder, topic_map=topic_map, sketch=self.sketch,
-                                     elicitation=self.elicitation, sample=sample)
+        self._sample_cut = space.sample_cut if space is not None else sample_cut(sample)
         self.store = store
         self.asn_table: AsnTable | None = None
         if settings is not None and settings.asn_table:
@@ -301,18 +288,15 @@ class DetectionPipeline:
                         "installed (pip install 'distillguard[local]'): the coverage and "
                         "elicitation signals use their lexical part only")
         elif settings.detection_embeddings:
-            from distillguard.detection.embedder import CachedEmbedder, MiniLMEmbedder
+            from distillguard.detection.embedder import settings_embedder
 
-            embedder = CachedEmbedder(MiniLMEmbedder(),
-                                      max_entries=settings.detection_embedding_cache)
+            embedder = settings_embedder(settings)
         return cls(settings, embedder=embedder, store=store)
 
     # --- observing ---------------------------------------------------------------------
     def sampled(self, text: str) -> bool:
         """Whether ``text`` is in the embedded sample (``detection_embedding_sample``)."""
-        if self.space is not None:
-            return self.space.sampled(text)
-        return self._sample_cut >= 1024 or (hash64(text) & 1023) < self._sample_cut
+        return in_sample(text, self._sample_cut)
 
     def _prompt_info(self, text: str, embedding: np.ndarray | None = None
                      ) -> tuple[int, bool, np.ndarray | None, np.ndarray | None]:
@@ -351,8 +335,6 @@ class DetectionPipeline:
     def embed_text(event: RequestEvent, raw: dict[str, Any] | None) -> str:
         """The last user message's text, sliced out of the stored prompt by the span the
         gateway recorded ("" when prompts are not retained)."""
-        from distillguard.detection.space import embed_slice
-
         return embed_slice(event.prompt, raw)
 
     def _features(self, event: RequestEvent, embedding: np.ndarray | None = None

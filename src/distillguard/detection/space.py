@@ -46,6 +46,16 @@ FEATURES_KEY = "pe"
 PromptInfo = tuple[int, float, "np.ndarray | None"]
 
 
+def sample_cut(share: float) -> int:
+    """``detection_embedding_sample`` as a cut on 10 bits of the prompt's hash."""
+    return int(round(share * 1024))
+
+
+def in_sample(text: str, cut: int) -> bool:
+    """Whether ``text`` is in the embedded sample that ``cut`` (``sample_cut``) keeps."""
+    return cut >= 1024 or (hash64(text) & 1023) < cut
+
+
 def embed_slice(prompt: str | None, raw: dict[str, Any] | None) -> str:
     """The last user message's text (at most ``EMBED_CHARS``), sliced out of the
     flattened prompt by the span the gateway recorded; "" without either."""
@@ -61,12 +71,27 @@ class PromptSpace:
     def __init__(self, embedder: Embedder, *, topic_map: np.ndarray | None,
                  sketch: PromptSketch | None, elicitation: Elicitation,
                  sample: float = 1.0) -> None:
+        if sketch is not None and sketch.w.shape[1] != embedder.dim:
+            sketch = None  # a reference from another embedding space
         self.embedder = embedder
         self.topic_map = topic_map
         self.sketch = sketch
         self.elicitation = elicitation
-        self.sample_cut = int(round(sample * 1024))
+        self.sample_cut = sample_cut(sample)
         self._tag: str | None = None
+
+    @classmethod
+    def build(cls, embedder: Embedder, *, topic_map: np.ndarray | None = None,
+              sketch: PromptSketch | None = None, sample: float = 1.0) -> PromptSpace:
+        """The space of ``embedder``, with the shipped topic map and reference where
+        none is given."""
+        from distillguard.detection.elicitation import Elicitation
+        from distillguard.detection.sketch import load_reference
+        from distillguard.detection.topics import load_topic_map
+
+        return cls(embedder, topic_map=load_topic_map() if topic_map is None else topic_map,
+                   sketch=load_reference() if sketch is None else sketch,
+                   elicitation=Elicitation(embedder), sample=sample)
 
     @classmethod
     def from_settings(cls, settings: Settings, embedder: Embedder | None = None
@@ -74,24 +99,15 @@ class PromptSpace:
         """The space detection with these settings reads (shipped topic map and
         reference, MiniLM unless ``embedder`` is given); None when detection embeds
         nothing (``detection_embeddings`` off, or torch/transformers missing)."""
-        from distillguard.detection.elicitation import Elicitation
         from distillguard.detection.pipeline import embeddings_available
-        from distillguard.detection.sketch import load_reference
-        from distillguard.detection.topics import load_topic_map
 
         if embedder is None:
             if not embeddings_available(settings):
                 return None
-            from distillguard.detection.embedder import CachedEmbedder, MiniLMEmbedder
+            from distillguard.detection.embedder import settings_embedder
 
-            embedder = CachedEmbedder(MiniLMEmbedder(),
-                                      max_entries=settings.detection_embedding_cache)
-        sketch = load_reference()
-        if sketch is not None and sketch.w.shape[1] != embedder.dim:
-            sketch = None
-        return cls(embedder, topic_map=load_topic_map(), sketch=sketch,
-                   elicitation=Elicitation(embedder),
-                   sample=settings.detection_embedding_sample)
+            embedder = settings_embedder(settings)
+        return cls.build(embedder, sample=settings.detection_embedding_sample)
 
     @property
     def tag(self) -> str:
@@ -119,7 +135,13 @@ class PromptSpace:
 
     def sampled(self, text: str) -> bool:
         """Whether ``text`` is in the embedded sample (``detection_embedding_sample``)."""
-        return self.sample_cut >= 1024 or (hash64(text) & 1023) < self.sample_cut
+        return in_sample(text, self.sample_cut)
+
+    def to_derive(self, prompt: str | None, raw: dict[str, Any] | None) -> str:
+        """The text of a prompt whose features are derived without it: the last user
+        message (``embed_slice``) when it is in the sample, else ""."""
+        text = embed_slice(prompt, raw)
+        return text if text and self.sampled(text) else ""
 
     def info(self, embedding: np.ndarray) -> PromptInfo:
         """What the embedding signals read of one embedding."""

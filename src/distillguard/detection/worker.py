@@ -115,9 +115,9 @@ def _pipeline(settings: Settings, store: Any, embedder: Any) -> DetectionPipelin
 def _embedder(settings: Settings) -> Any:
     if not settings.detection_embeddings:
         return None
-    from distillguard.detection.embedder import CachedEmbedder, MiniLMEmbedder
+    from distillguard.detection.embedder import settings_embedder
 
-    return CachedEmbedder(MiniLMEmbedder(), max_entries=settings.detection_embedding_cache)
+    return settings_embedder(settings)
 
 
 class Worker:

@@ -68,10 +68,6 @@ class PromptFeatureQueue:
                                         daemon=True)
         self._thread.start()
 
-    def wanted(self, text: str) -> bool:
-        """Whether detection would embed ``text`` (non-empty and in the sample)."""
-        return bool(text) and self.space.sampled(text)
-
     def offer(self, event: RequestEvent, text: str, *, served: bool = True) -> bool:
         """Queue ``event`` to get the derived features of ``text`` (``""``: none, it
         only keeps its place behind queued events); never blocks. False when the queue

@@ -259,14 +259,9 @@ class Runtime:
         served = ctx.status < 400 or used > 0
         queue = self.prompt_features
         if queue is not None and event.account is not None:
-            text = ""
-            if ctx.status == 200 and ctx.prompt:
-                from distillguard.detection.space import embed_slice
-
-                # Detection reads served requests' prompts only.
-                text = embed_slice(ctx.prompt, ctx.features)
-                if not queue.wanted(text):
-                    text = ""
+            # Detection reads served requests' prompts only.
+            text = queue.space.to_derive(ctx.prompt, ctx.features) if ctx.status == 200 \
+                else ""
             # The queue writes the event (in order behind those it holds), or declines.
             if queue.offer(event, text, served=served):
                 return

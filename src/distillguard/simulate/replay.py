@@ -20,7 +20,7 @@ from distillguard.config import Settings
 from distillguard.detection.driver import run_round
 from distillguard.detection.features import request_features
 from distillguard.detection.pipeline import DetectionPipeline
-from distillguard.detection.space import FEATURES_KEY, embed_slice
+from distillguard.detection.space import FEATURES_KEY
 from distillguard.gateway import admission, errors, schema
 from distillguard.gateway.context import RequestContext
 from distillguard.gateway.schema import Limits
@@ -95,14 +95,14 @@ def event_for(req: SimRequest, policy: PolicyEngine, settings: Settings) -> Requ
     The policy's clock must read ``req.ts``. A served request is answered by the
     simulated backend: ``completion_tokens`` words after 0.3 s, at 40 tokens/s.
     """
-    return event_and_text(req, policy, settings)[0]
+    return event_and_prompt(req, policy, settings)[0]
 
 
-def event_and_text(req: SimRequest, policy: PolicyEngine, settings: Settings
+def event_and_prompt(req: SimRequest, policy: PolicyEngine, settings: Settings
                    ) -> tuple[RequestEvent, str]:
     """``event_for`` and, when the event is kept without prompt text (a served request
-    with ``retain_prompts`` off), the text the gateway derives its prompt features from
-    (``gateway.prompt_features``; "" otherwise)."""
+    with ``retain_prompts`` off), the prompt the gateway derives its prompt features
+    from (``gateway.prompt_features``; "" otherwise)."""
     ctx = RequestContext("/v1/chat/completions", req.addr, req.agent, ts=req.ts)
     ctx.account, ctx.key_id = req.account, f"key_{req.account}"
     try:
@@ -122,8 +122,8 @@ def event_and_text(req: SimRequest, policy: PolicyEngine, settings: Settings
     ctx.prompt_tokens = sum(len(c.split()) for _, c in req.messages)
     ctx.completion_tokens = completion_tokens(req, settings)
     event = ctx.event(retain_prompts=settings.retain_prompts)
-    text = "" if settings.retain_prompts else embed_slice(ctx.prompt, ctx.features)
-    return dataclasses.replace(event, latency_ms=300.0 + ctx.completion_tokens * 25.0), text
+    prompt = "" if settings.retain_prompts else ctx.prompt
+    return dataclasses.replace(event, latency_ms=300.0 + ctx.completion_tokens * 25.0), prompt
 
 
 def completion_tokens(req: SimRequest, settings: Settings) -> int:
@@ -173,9 +173,10 @@ class ReplayRun:
         space = self.pipeline.space
         for req in reqs:
             self.clock.set(req.ts)
-            event, text = event_and_text(req, self.policy, self.settings)
+            event, prompt = event_and_prompt(req, self.policy, self.settings)
             self.recorder.outcome(req, event.status, event.completion_tokens)
-            if text and space is not None and space.sampled(text):
+            text = space.to_derive(prompt, event.features) if prompt and space else ""
+            if text:
                 derive.append((len(events), text))
             events.append(event)
         if derive:
