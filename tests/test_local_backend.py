@@ -259,7 +259,7 @@ class ConstantWatermark:
     def effective(self, temperature, top_p):
         return temperature, top_p
 
-    def for_row(self, sampled):
+    def for_row(self, sampled, max_tokens=None):
         self.rows.append(sampled)
         return self
 

@@ -83,6 +83,35 @@ def test_each_row_has_its_own_prefix_and_the_tally_counts_it_as_not_keyed():
     assert request.tally["keyed"] == expected_keyed
 
 
+def test_an_answer_fetched_a_few_tokens_per_request_stays_watermarked():
+    # An attacker who reads the code asks for a few tokens per request, sending what it
+    # got back as the prompt: each request is a new row with a new free prefix. The
+    # prefix may take only an eighth of a row's tokens (none below 8), so the answer
+    # stays mostly keyed.
+    scheme = get_scheme("exponential")
+    part = KeyedPartition(b"c" * 32, VOCAB)
+    g = torch.Generator().manual_seed(5)
+
+    def chained(chunk: int, rows_know_their_length: bool) -> list[int]:
+        ctx = list(START)
+        while len(ctx) < len(START) + 96:
+            row = scheme.sampler(part).for_row(
+                True, chunk if rows_know_their_length else None)
+            for _ in range(chunk):
+                ctx.append(row.sample_row(np.array(ctx), toy_logits(ctx), False, g))
+        return ctx[len(START):]
+
+    def p_value(tokens: list[int]) -> float:
+        return detector.detect(tokens, scheme, [detector.Candidate("k", 0, part)])["p_value"]
+
+    assert p_value(chained(2, rows_know_their_length=False)) > 1e-3  # the attack, uncapped
+    for chunk in (1, 4, 8):
+        assert p_value(chained(chunk, rows_know_their_length=True)) < 1e-6
+    row = scheme.sampler(part).for_row(True, 16)
+    generate(row, seed=1, n=16)
+    assert row.tally["tokens"] - row.tally["keyed"] <= 2  # at most 16 // 8 free
+
+
 def test_a_row_that_asked_for_temperature_0_has_no_prefix():
     part = KeyedPartition(b"r" * 32, VOCAB)
     request = get_scheme("exponential").sampler(part)

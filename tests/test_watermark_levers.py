@@ -114,10 +114,11 @@ async def test_a_forced_answer_is_recorded_as_unwatermarked(marked, tiny_model):
     assert reply.choices[0].message.content == " blue" * 20
     [event] = gateway.events()
     # The client forced every token: nothing the watermark could act on, and the event
-    # says so instead of claiming a watermark. The green list keyed all 20 draws; the
-    # exponential scheme keyed none, because forced tokens (p about 1) carry no
-    # surprisal, so its free prefix never ran out.
-    keyed = 20 if event.watermark["scheme"] == "greenlist" else 0
+    # says so instead of claiming a watermark. The green list keyed all 20 draws. The
+    # exponential scheme's free prefix (forced tokens carry no surprisal) ends at its
+    # cap, 20 // 8 = 2 tokens; the race then keys 3 draws until the 4-token window is
+    # all " blue", which repeats, and repeated windows are drawn unkeyed.
+    keyed = 20 if event.watermark["scheme"] == "greenlist" else 3
     assert event.watermark["tokens"] == {"tokens": 20, "keyed": keyed, "active": 0}
 
 

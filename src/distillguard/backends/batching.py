@@ -285,7 +285,7 @@ class Batcher:
                 # Each choice its own row sampler: per-row watermark state (the
                 # exponential scheme's free prefix) must not be shared between choices.
                 rows.append(_Row(job, choice, ids, max(1, max_new),
-                                 sampler.for_row(request.temperature > 0),
+                                 sampler.for_row(request.temperature > 0, max(1, max_new)),
                                  row_generator(seed, choice),
                                  TextStream(self._decode, request.stop), bias))
         index = torch.tensor(expand, dtype=torch.long)

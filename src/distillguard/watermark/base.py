@@ -34,13 +34,14 @@ class RowSampler(Protocol):
         request field leaves it without entropy to act on.
         """
 
-    def for_row(self, sampled: bool) -> RowSampler:
+    def for_row(self, sampled: bool, max_tokens: int | None = None) -> RowSampler:
         """The sampler of one choice (row) of this request, sharing its ``tally``.
 
         A backend calls it once per choice and draws that row's tokens with the result
         only: a scheme may keep per-row state (the exponential scheme's free prefix).
         ``sampled``: the request asked for sampling (temperature above 0), before any
         floor raised it; a row that asked for greedy decoding stays repeatable.
+        ``max_tokens``: the most tokens the row may generate, when the backend knows it.
         """
 
     def bias_row(self, context: np.ndarray, logits: torch.Tensor,

@@ -47,7 +47,7 @@ class PlainSampler:
     def effective(self, temperature: float, top_p: float) -> tuple[float, float]:
         return float(temperature), float(top_p)
 
-    def for_row(self, sampled: bool) -> RowSampler:
+    def for_row(self, sampled: bool, max_tokens: int | None = None) -> RowSampler:
         return self
 
     def bias_row(self, context: np.ndarray, logits: torch.Tensor,
