@@ -122,3 +122,35 @@ def test_vllm_processors_have_their_own_prefix():
     for out in sampled:
         assert detect(out, scheme, [Candidate("k", 0, part)])["p_value"] < 1e-6
     assert len({tuple(engine(0.0, s)) for s in range(3)}) == 1
+
+
+def test_vllm_prefix_is_capped_at_an_eighth_of_max_tokens():
+    # An answer fetched 8 tokens per request, each request a new processor continuing
+    # the text so far, at temperature 0.3: uncapped, most tokens are free-prefix tokens
+    # (10 bits take several low-surprisal draws); capped at max_tokens // 8, at least 7
+    # of every 8 are keyed.
+    scheme = get_scheme("exponential")
+    part = KeyedPartition(b"c" * 32, VOCAB)
+    g = torch.Generator().manual_seed(5)
+
+    def fetch(max_tokens: int | None) -> tuple[list[int], int]:
+        prompt, output, free = [3, 4, 5], [], 0
+        for _ in range(20):
+            proc = vllm_adapter.RequestWatermark(scheme, part, temperature=0.3,
+                                                 max_tokens=max_tokens)
+            start = len(output)
+            while len(output) < start + 8:
+                raw = fake_logits(prompt, output)
+                logits = proc(prompt + output[:start], output[start:], raw.clone())
+                free += int(torch.equal(logits, raw))
+                probs = torch.softmax(logits / 0.3, -1)
+                output.append(int(torch.multinomial(probs, 1, generator=g)))
+        return output, free
+
+    capped, capped_free = fetch(8)
+    assert capped_free <= 20  # one free token per 8-token request at most
+    assert detect(capped, scheme, [Candidate("k", 0, part)])["p_value"] < 1e-6
+    # Without the cap (no max_tokens) most tokens are free and the text is not found.
+    uncapped, uncapped_free = fetch(None)
+    assert uncapped_free > 100
+    assert detect(uncapped, scheme, [Candidate("k", 0, part)])["p_value"] > 1e-3

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from distillguard.watermark.keyed import KeyedPartition
-from distillguard.watermark.schemes import Scheme
+from distillguard.watermark.schemes import Scheme, free_token_cap
 
 ACCOUNT_ARG = "distillguard_account"
 RECORD_ARG = "distillguard_watermark"
@@ -54,12 +54,16 @@ class RequestWatermark:
     """
 
     def __init__(self, scheme: Scheme, partition: KeyedPartition, *,
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, max_tokens: int | None = None) -> None:
         self.scheme = scheme
         self.partition = partition
         self.temperature = float(temperature)
         free = float(getattr(scheme, "free_bits", 0.0))
         self.free_left = free if self.temperature > 0 else 0.0
+        # As in the local backend, at most an eighth of the request's ``max_tokens`` are
+        # free: a client fetching an answer a few tokens per request must not get only
+        # prefix tokens.
+        self.free_tokens = free_token_cap(max_tokens)
         self._previous: torch.Tensor | None = None  # log-probs of the last free step
 
     def __call__(self, prompt_ids: list[int], output_ids: list[int],
@@ -68,7 +72,11 @@ class RequestWatermark:
             if self._previous is not None and output_ids:
                 self.free_left -= -float(self._previous[output_ids[-1]]) / math.log(2)
                 self._previous = None
+            if self.free_tokens == 0:
+                self.free_left = 0.0
             if self.free_left > 0.0:
+                if self.free_tokens is not None:
+                    self.free_tokens -= 1
                 self._previous = torch.log_softmax(logits.float() / self.temperature, -1)
                 return logits
         # The whole sequence, not just the last h tokens: the exponential scheme checks
@@ -80,12 +88,14 @@ class RequestWatermark:
 
 
 def request_watermark(service: Any, account: str | None, *, temperature: float = 1.0,
-                      strength: float = 1.0) -> tuple[RequestWatermark | None, dict | None]:
+                      strength: float = 1.0, max_tokens: int | None = None,
+                      ) -> tuple[RequestWatermark | None, dict | None]:
     """The per-request processor for ``account`` and its event record (None: disabled)."""
     sampler, record = service.sampler_for(account, strength=strength)
     if record is None:
         return None, None
-    return RequestWatermark(sampler.scheme, sampler.partition, temperature=temperature), record
+    return RequestWatermark(sampler.scheme, sampler.partition, temperature=temperature,
+                            max_tokens=max_tokens), record
 
 
 def vllm_logits_processor_class(service: Any) -> type:
@@ -113,8 +123,10 @@ def vllm_logits_processor_class(service: Any) -> type:
                 extra = {}
                 params.extra_args = extra
             temperature = float(getattr(params, "temperature", 1.0) or 0.0)
+            max_tokens = getattr(params, "max_tokens", None)
             processor, record = request_watermark(
-                service, extra.get(ACCOUNT_ARG), temperature=temperature)
+                service, extra.get(ACCOUNT_ARG), temperature=temperature,
+                max_tokens=None if max_tokens is None else int(max_tokens))
             extra[RECORD_ARG] = record
             return processor
 
