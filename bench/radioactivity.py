@@ -89,6 +89,9 @@ def parse(argv=None):
     p.add_argument("--max-tokens", type=int, default=96, help="tokens per answer")
     p.add_argument("--rhos", default="0,0.1,1", help="watermarked shares")
     p.add_argument("--accounts", type=int, default=2, help="harvesting accounts")
+    p.add_argument("--scheme", default="greenlist", choices=("greenlist", "exponential"),
+                   help="teacher's watermark scheme (greenlist: the table's; exponential: "
+                   "the gateway's default)")
     p.add_argument("--delta", type=float, default=4.0, help="teacher's greenlist delta")
     p.add_argument("--size", default="s", help="student size (distill train --size)")
     # A distiller fits its harvest: 8 epochs at 1e-3 take the top two blocks' training
@@ -158,10 +161,12 @@ def main(argv=None) -> int:
 
     total = time.monotonic() - started
     for m in meta:
-        print(f"# seed {m['seed']}: teacher {args.teacher} (greenlist, gamma 0.25, delta "
-              f"{args.delta:g}, context 1, 16 cohorts), {args.accounts} harvesting accounts "
+        print(f"# seed {m['seed']}: teacher {args.teacher} ({m['scheme']}, 16 cohorts), "
+              f"{args.accounts} harvesting accounts "
               f"in cohorts {m['cohorts']}; teacher's own harvested answers: "
-              f"{m['teacher_tuples']} tuples, green {m['teacher_green']:.3f}, p = "
+              f"{m['teacher_tuples']} tuples, "
+              + ("" if m['teacher_green'] is None else f"green {m['teacher_green']:.3f}, ")
+              + f"p = "
               f"{m['teacher_p']:.1e}; canary in {m['canaried']} of {m['harvested']} "
               f"answers; harvest {m['harvest_s']:.0f} s; paraphrase: {m['paraphrase']}")
     asked = ("one greedy answer per logged prompt" if args.query_temperature == 0 else
@@ -178,12 +183,15 @@ def main(argv=None) -> int:
           "filtered p | supervised p | reading p (vs base) | canary hits | canary p | "
           "train s | test s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    def green(r):
+        return "-" if r["bbf_green_fraction"] is None else f"{r['bbf_green_fraction']:.3f}"
+
     for r in rows:
         print(f"| {r['seed']} | {r['scrub']} | {r['rho']:.0%} | {r['wm_pairs']} | "
               f"{r['train_loss_after']:.3f} | {r['heldout_loss_before']:.3f} -> "
               f"{r['heldout_loss_after']:.3f} | {r['query_prompts']} | "
-              f"{r['bb_p_value']:.1e} | {r['bbf_tokens_scored']} | "
-              f"{r['bbf_green_fraction']:.3f} | {r['bbf_p_value']:.1e} | "
+              f"{r['bb_p_value']:.1e} | {r['bbf_tokens_scored']} | {green(r)} | "
+              f"{r['bbf_p_value']:.1e} | "
               f"{r['sup_p_value']:.1e} | {r['read_p_value']:.1e} | "
               f"{r['canary_hits']}/{r['canary_prompts']} | {r['canary_p_value']:.1e} | "
               f"{r['train_s']} | {r['test_s']} |")
@@ -205,7 +213,7 @@ def run_seed(args, seed, work, teacher_path, train_ex, held_ex, clean_ex, rhos, 
     work.mkdir(parents=True)
     settings = Settings.load(
         env={}, data_dir=str(work / "data"), backend="local", model_name="teacher",
-        local_model_path=teacher_path, watermark_scheme="greenlist",
+        local_model_path=teacher_path, watermark_scheme=args.scheme,
         watermark_delta=args.delta,
         watermark_master_secret=hashlib.sha256(b"bench/radioactivity %d %s" % (
             seed, secrets.token_hex(8).encode())).hexdigest(),
@@ -390,7 +398,9 @@ def run_seed(args, seed, work, teacher_path, train_ex, held_ex, clean_ex, rhos, 
     meta = {"seed": seed, "cohorts": sorted(true_cohorts.values()),
             "teacher_tuples": teacher_bb.tokens_scored, "teacher_green": best.hit_rate,
             "teacher_p": teacher_bb.p_value, "canaried": canaried, "harvested": len(logged),
-            "harvest_s": t_harvest, "paraphrase": para_note}
+            "harvest_s": t_harvest, "paraphrase": para_note,
+            "scheme": ", ".join([scheme.name] + [f"{k} {v:g}" for k, v in scheme.params.items()
+                                                 if isinstance(v, (int, float))])}
     return rows, meta
 
 
@@ -437,7 +447,7 @@ def evaluate(args, folder, query, texts, answers, logged_keys, by_key, candidate
                       assigned=[assigned[i * samples] for i in canaried])
     return {"bb_tokens_scored": bb.tokens_scored, "bb_p_value": bb.p_value,
             "bbf_tokens_scored": bbf.tokens_scored,
-            "bbf_green_fraction": min(bbf.per_key, key=lambda x: x.p_value).hit_rate or 0.0,
+            "bbf_green_fraction": min(bbf.per_key, key=lambda x: x.p_value).hit_rate,
             "bbf_p_value": bbf.p_value, "sup_tokens_scored": sup.tokens_scored,
             "sup_p_value": sup.p_value, "read_tokens_scored": rd.tokens_scored,
             "read_p_value": rd.p_value, "canary_prompts": can.prompts,
