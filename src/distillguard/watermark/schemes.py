@@ -489,9 +489,32 @@ def _window_seen_before(context: np.ndarray, width: int) -> bool:
     return bool((earlier == context[-width:]).all(axis=1).any())
 
 
-def free_token_cap(max_tokens: int | None) -> int | None:
-    """Free-prefix tokens a row of ``max_tokens`` may draw: an eighth (None: no cap)."""
-    return None if max_tokens is None else max(0, int(max_tokens)) // 8
+class FreePrefix:
+    """What a row still has of its free prefix: bits of surprisal and tokens.
+
+    At most an eighth of the row's ``max_tokens`` are free (none below 8): otherwise a
+    client fetching an answer a few tokens per request, each request a new row, gets
+    only prefix tokens (measured: chunks of 8 tokens at temperature 0.7 gave a median p
+    of 0.43). Shared by the local sampler and the vLLM adapter.
+    """
+
+    def __init__(self, bits: float, max_tokens: int | None = None) -> None:
+        self.bits = bits
+        self.tokens = None if max_tokens is None else max(0, int(max_tokens)) // 8
+        """Tokens the row may still draw free (None: no cap)."""
+
+    @property
+    def open(self) -> bool:
+        return self.bits > 0.0 and self.tokens != 0
+
+    def take(self, bits: float = 0.0) -> None:
+        """One token drawn free, of ``bits`` surprisal (or spent later with ``spend``)."""
+        self.bits -= bits
+        if self.tokens is not None:
+            self.tokens -= 1
+
+    def spend(self, bits: float) -> None:
+        self.bits -= bits
 
 
 class _ExponentialSampler(_RowSamplerBase):
@@ -509,14 +532,8 @@ class _ExponentialSampler(_RowSamplerBase):
         super().__init__(scheme, partition)
         if tally is not None:
             self.tally = tally
-        self.free_left = scheme.free_bits if sampled else 0.0
-        """Bits of surprisal this row still draws unkeyed before the race takes over."""
-        # At most an eighth of the row's tokens are free (none below 8): otherwise a
-        # client fetching an answer a few tokens per request, each request a new row,
-        # gets only prefix tokens (measured: chunks of 8 tokens at temperature 0.7 gave
-        # a median p of 0.43).
-        self.free_tokens = free_token_cap(max_tokens)
-        """Tokens this row may still draw in its free prefix (None: no cap)."""
+        self.prefix = FreePrefix(scheme.free_bits if sampled else 0.0, max_tokens)
+        """What this row still draws unkeyed before the race takes over."""
 
     def for_row(self, sampled: bool, max_tokens: int | None = None) -> RowSampler:
         return _ExponentialSampler(self.scheme, self.partition, tally=self.tally,
@@ -524,11 +541,9 @@ class _ExponentialSampler(_RowSamplerBase):
 
     def draw_row(self, context: np.ndarray, logits: torch.Tensor, greedy: bool,
                  generator: torch.Generator | None, reference: int | None = None) -> int:
-        if self.free_left > 0.0 and not greedy and self.free_tokens != 0:
+        if self.prefix.open and not greedy:
             token, top, bits = draw_with_surprisal(logits, generator)
-            self.free_left -= bits
-            if self.free_tokens is not None:
-                self.free_tokens -= 1
+            self.prefix.take(bits)
             self._count(False, top, token, reference)
             return token
         seed = self.scheme.race_seed(self.partition, context)

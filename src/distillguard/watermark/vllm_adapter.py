@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from distillguard.watermark.keyed import KeyedPartition
-from distillguard.watermark.schemes import Scheme, free_token_cap
+from distillguard.watermark.schemes import FreePrefix, Scheme
 
 ACCOUNT_ARG = "distillguard_account"
 RECORD_ARG = "distillguard_watermark"
@@ -59,26 +59,19 @@ class RequestWatermark:
         self.partition = partition
         self.temperature = float(temperature)
         free = float(getattr(scheme, "free_bits", 0.0))
-        self.free_left = free if self.temperature > 0 else 0.0
-        # As in the local backend, at most an eighth of the request's ``max_tokens`` are
-        # free: a client fetching an answer a few tokens per request must not get only
-        # prefix tokens.
-        self.free_tokens = free_token_cap(max_tokens)
+        # As in the local backend (capped by ``max_tokens``).
+        self.prefix = FreePrefix(free if self.temperature > 0 else 0.0, max_tokens)
         self._previous: torch.Tensor | None = None  # log-probs of the last free step
 
     def __call__(self, prompt_ids: list[int], output_ids: list[int],
                  logits: torch.Tensor) -> torch.Tensor:
-        if self.free_left > 0.0:
-            if self._previous is not None and output_ids:
-                self.free_left -= -float(self._previous[output_ids[-1]]) / math.log(2)
-                self._previous = None
-            if self.free_tokens == 0:
-                self.free_left = 0.0
-            if self.free_left > 0.0:
-                if self.free_tokens is not None:
-                    self.free_tokens -= 1
-                self._previous = torch.log_softmax(logits.float() / self.temperature, -1)
-                return logits
+        if self._previous is not None and output_ids:
+            self.prefix.spend(-float(self._previous[output_ids[-1]]) / math.log(2))
+            self._previous = None
+        if self.prefix.open:
+            self.prefix.take()
+            self._previous = torch.log_softmax(logits.float() / self.temperature, -1)
+            return logits
         # The whole sequence, not just the last h tokens: the exponential scheme checks
         # whether the current window occurred before.
         context = np.fromiter(itertools.chain(prompt_ids, output_ids), dtype=np.int64)
