@@ -103,13 +103,18 @@ class Elicitation:
         """True when the text holds one of the cue patterns."""
         return cue_match(text)
 
+    def exemplars(self) -> np.ndarray | None:
+        """The exemplars' embeddings, one row each (None without an embedder)."""
+        if self._exemplars is None and self.embedder is not None:
+            self._exemplars = self.embedder.embed(list(EXEMPLARS))
+        return self._exemplars
+
     def similarity(self, embedding: np.ndarray) -> float:
         """Cosine similarity of a prompt embedding to the nearest exemplar."""
-        if self._exemplars is None:
-            if self.embedder is None:
-                return 0.0
-            self._exemplars = self.embedder.embed(list(EXEMPLARS))
-        return float((self._exemplars @ embedding).max())
+        exemplars = self.exemplars()
+        if exemplars is None:
+            return 0.0
+        return float((exemplars @ embedding).max())
 
     def elicits(self, text: str, embedding: np.ndarray | None) -> bool:
         """True when a cue pattern matches or the embedding is close to an exemplar."""

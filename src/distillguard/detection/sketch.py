@@ -51,8 +51,15 @@ class PromptSketch:
 
     def extended(self, x: np.ndarray) -> np.ndarray:
         """``[phi(x), |phi(x)|^2]`` as float64: what an account's sketch sums."""
-        phi = self.features(x).astype(np.float64)
-        return np.append(phi, phi @ phi)
+        return self.extended_from(x @ self.w.T)
+
+    def extended_from(self, projected: np.ndarray) -> np.ndarray:
+        """``extended`` from the projections ``x @ w.T`` already computed."""
+        phi = (self.scale * np.cos(projected + self.b)).astype(np.float64)
+        out = np.empty(len(phi) + 1)
+        out[:-1] = phi
+        out[-1] = phi @ phi
+        return out
 
     def mmd2(self, n: int, s: np.ndarray, q: float) -> float:
         """Unbiased squared MMD between ``n`` prompts (feature sum ``s``, sum of squared

@@ -79,6 +79,7 @@ class PromptSpace:
         self.elicitation = elicitation
         self.sample_cut = sample_cut(sample)
         self._tag: str | None = None
+        self._rows: tuple[np.ndarray, int, int] | None = None
 
     @classmethod
     def build(cls, embedder: Embedder, *, topic_map: np.ndarray | None = None,
@@ -143,15 +144,30 @@ class PromptSpace:
         text = embed_slice(prompt, raw)
         return text if text and self.sampled(text) else ""
 
+    def _stacked(self) -> tuple[np.ndarray, int, int]:
+        """Topic centroids, elicitation exemplars and sketch projections as one matrix
+        (and where the exemplars start and end): one product per new prompt, not three."""
+        if self._rows is None:
+            dim = self.embedder.dim
+            parts = [np.zeros((0, dim), dtype=np.float32) if m is None
+                     else np.asarray(m, dtype=np.float32)
+                     for m in (self.topic_map, self.elicitation.exemplars(),
+                               None if self.sketch is None else self.sketch.w)]
+            lo = len(parts[0])
+            self._rows = (np.ascontiguousarray(np.vstack(parts)), lo, lo + len(parts[1]))
+        return self._rows
+
     def info(self, embedding: np.ndarray) -> PromptInfo:
-        """What the embedding signals read of one embedding."""
-        topic = -1
+        """What the embedding signals read of one embedding: its topic, its similarity
+        to the nearest elicitation exemplar, and ``[phi, |phi|^2]`` of the sketch."""
+        rows, lo, hi = self._stacked()
+        y = rows @ np.asarray(embedding, dtype=np.float32)
+        topic = int(np.argmax(y[:lo])) if lo else -1
+        similarity = float(y[lo:hi].max()) if hi > lo else 0.0
         phi = None
-        if self.topic_map is not None:
-            topic = int(np.argmax(self.topic_map @ embedding))
         if self.sketch is not None:
-            phi = self.sketch.extended(embedding)
-        return topic, self.elicitation.similarity(embedding), phi
+            phi = self.sketch.extended_from(y[hi:])
+        return topic, similarity, phi
 
     # --- derived values kept without text ------------------------------------------------
     def derive(self, texts: Sequence[str]) -> list[dict[str, Any]]:
