@@ -262,3 +262,27 @@ def test_scale_shrinks_accounts_and_targets():
     assert small_sizes["sybil_swarm"] == (3, sizes["sybil_swarm"][1] // 10)
     assert small_sizes["bulk_harvester"] == (1, sizes["bulk_harvester"][1] // 10)
     assert small_sizes["rag_app"] == sizes["rag_app"]  # a single heavy user stays itself
+
+
+def test_an_organisations_seats_and_a_sharded_app_link_but_are_not_acted_on():
+    # Accounts made together behind one address, one client and one system prompt are
+    # what a swarm looks like; these are people and one app, and nothing refuses them.
+    data = {"scenario": {"duration": "8h", "seed": 3, "detection_interval": "2m"},
+            "population": [{"kind": "casual", "accounts": 30},
+                           {"kind": "org_seats", "name": "org", "accounts": 8},
+                           {"kind": "rag_app", "name": "app", "accounts": 4,
+                            "per_day": 4000.0, "sharded": True}]}
+    traffic = Traffic.generate(parse_scenario(data, "org.toml"))
+    seats = [a for a in traffic.accounts if a.group == "org"]
+    made = sorted(a.key_created_at for a in seats)
+    assert made[-1] - made[0] < 8 * 40  # one administrator's sitting
+    keys = {r.account for r in traffic.requests if r.group == "app"}
+    assert len(keys) == 4  # one app, its traffic spread over every key
+    run = ReplayRun(traffic, progress=False)
+    try:
+        rec = run.run()
+        linked = {m for c in run.pipeline.campaigns() for m in c.core}
+    finally:
+        run.close()
+    assert {a.name for a in seats} & linked and keys & linked
+    assert not [n for n, a in rec.acct.items() if a.first_action is not None]

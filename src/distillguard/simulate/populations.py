@@ -292,7 +292,9 @@ class EvalHarness(Population):
 @register
 class RagApp(Population):
     """A retrieval-augmented app: one key, templated context + question prompts, volume
-    that follows its own users' day."""
+    that follows its own users' day. ``sharded``: one app spreading its traffic over
+    ``accounts`` keys made together (to stay under per-key limits), from one server
+    prefix, so the keys link as a swarm's would."""
 
     kind = "rag_app"
     label = "heavy"
@@ -300,20 +302,27 @@ class RagApp(Population):
     @dataclasses.dataclass
     class Params:
         accounts: int = 1
-        per_day: float = 2000.0
+        per_day: float = 2000.0  # per account, or for the whole app when sharded
         tz: float = 1.0
+        sharded: bool = False
 
     def accounts(self) -> list[AccountSpec]:
-        return self._aged_accounts(30, 300)
+        if not self.p.sharded:
+            return self._aged_accounts(30, 300)
+        made = self.world.start - self.rng.uniform(30, 300) * DAY
+        return [self._account(i, made + 20.0 * i) for i in range(self.p.accounts)]
 
     def requests(self) -> Iterator[SimRequest]:
         w, rng = self.world, self.rng
         params = {"temperature": 0.2, "max_tokens": 512}
-        for i in range(self.p.accounts):
+        apps = 1 if self.p.sharded else self.p.accounts
+        for i in range(apps):
             account = self.account_name(i)
             prefix = datacenter_addr(rng).rsplit(".", 1)[0]
             servers = [f"{prefix}.{rng.randint(2, 254)}" for _ in range(2)]
             for t in diurnal_times(rng, w.start, w.end, self.p.per_day, self.p.tz):
+                if self.p.sharded:
+                    account = self.account_name(rng.randrange(self.p.accounts))
                 doc = rng.choice(w.benign)[0][:600]
                 question = rng.choice(w.benign)[0][:200]
                 text = ("Answer the question using only the context below. If the answer "
@@ -405,3 +414,77 @@ class BatchJob(Population):
                                          "python-httpx/0.27.0", self.name)
                     t += 2.0 + rng.uniform(0, 0.3)  # sequential: one answer at a time
                 night += DAY
+
+
+ORG_SYSTEM_PROMPT = ("You are the internal assistant of Northwind Logistics. Answer "
+                     "employees' questions clearly and follow the company style guide.")
+
+
+@register
+class OrgSeats(Population):
+    """An organisation's seats: one account per member, provisioned together, so the
+    accounts share what a swarm shares (a key-creation burst, one office address, one
+    client with fixed parameters, one system prompt) while each member is a person with
+    real ShareGPT sessions, follow-ups and think time. With ``class_hour`` the members
+    are a class: they work during the same hour each day (synchronised timing), from a
+    campus, in browsers, and ``show_work`` of them ask for worked steps."""
+
+    kind = "org_seats"
+    label = "benign"
+
+    @dataclasses.dataclass
+    class Params:
+        accounts: int = 12
+        sessions_per_day: float = 3.0  # per member, outside class
+        class_hour: float = -1.0  # local hour of a daily class (-1: no class)
+        show_work: float = 0.0  # share of prompts asking for worked steps
+        system_prompt: bool = True  # the organisation's tool sends one
+        tz: float = 1.0
+
+    def accounts(self) -> list[AccountSpec]:
+        # An administrator (or a teacher) creates every seat in one sitting.
+        t = self.world.start - self.rng.uniform(2, 60) * DAY
+        out = []
+        for i in range(self.p.accounts):
+            out.append(self._account(i, t))
+            t += self.rng.uniform(5, 40)
+        return out
+
+    def requests(self) -> Iterator[SimRequest]:
+        w, rng = self.world, self.rng
+        office = residential_addr(rng)  # one NAT address for the building
+        classroom = self.p.class_hour >= 0
+        agent = BROWSERS[0] if classroom else "NorthwindAssist/2.3 (python-httpx/0.27.0)"
+        params: dict[str, Any] = {"temperature": 0.3, "max_tokens": 1024}
+        topics = list(w.benign_topics)
+        day0 = math.floor((w.start + self.p.tz * 3600) / DAY) * DAY - self.p.tz * 3600
+        for i in range(self.p.accounts):
+            account = self.account_name(i)
+            home = residential_addr(rng)
+            favourite = rng.choice(topics)
+            starts = diurnal_times(rng, w.start, w.end, self.p.sessions_per_day, self.p.tz)
+            if classroom:
+                day = day0
+                while day < w.end:
+                    if rng.random() < 0.9:
+                        starts.append(day + self.p.class_hour * 3600 + rng.uniform(0, 1200))
+                    day += DAY
+            for start in starts:
+                if not w.start <= start < w.end:
+                    continue
+                in_class = classroom and abs(
+                    ((start + self.p.tz * 3600) % DAY) / 3600 - self.p.class_hour - 0.2) < 0.5
+                addr = office if in_class or (not classroom and rng.random() < 0.8) else home
+                pool = w.benign_topics[favourite] if rng.random() < 0.6 else w.benign
+                conv = rng.choice(pool)
+                if rng.random() < self.p.show_work:
+                    conv = (conv[0] + "\n\nShow your work step by step.",) + tuple(conv[1:])
+                turns = rng.randint(1, 4)
+                t = start
+                for messages in conversation_turns(conv, params["max_tokens"], turns):
+                    if self.p.system_prompt:
+                        messages = (("system", ORG_SYSTEM_PROMPT),) + messages
+                    yield SimRequest(t, account, messages, params, w.model_at(t, rng),
+                                     addr, agent, self.name)
+                    t += answer_tokens(messages[-1][1], params["max_tokens"]) / 8.0 \
+                        + _lognormal(rng, 60.0, 0.8)
