@@ -286,3 +286,18 @@ def test_an_organisations_seats_and_a_sharded_app_link_but_are_not_acted_on():
         run.close()
     assert {a.name for a in seats} & linked and keys & linked
     assert not [n for n, a in rec.acct.items() if a.first_action is not None]
+
+
+def test_a_split_can_be_built_with_more_people_and_nothing_else_changes():
+    from distillguard.simulate.splits import build
+
+    def counts(scenario):
+        return {name: params.get("accounts") for _, name, params, _ in scenario.tables}
+
+    base, more = counts(build("test")), counts(build("test", people_scale=3))
+    assert more["people"] == 3 * base["people"] and more["intl"] == 3 * base["intl"]
+    # The attackers and the heavy users (one account each) are as they were.
+    assert {k: v for k, v in more.items() if k not in ("people", "students", "intl")} == \
+        {k: v for k, v in base.items() if k not in ("people", "students", "intl")}
+    with pytest.raises(ValueError, match="people_scale"):
+        build("test", people_scale=0)

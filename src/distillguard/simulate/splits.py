@@ -35,9 +35,11 @@ def _tables(items: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str
 def build(split: str, *, duration: float = DAY, seed: int | None = None,
           attackers: bool = True, benign: bool = True,
           extra: list[tuple[str, str, dict[str, Any]]] | None = None,
-          interval: float = 60.0) -> Scenario:
+          interval: float = 60.0, people_scale: float = 1.0) -> Scenario:
     """The split's scenario: its benign populations and (``attackers``) its campaigns,
-    plus ``extra`` (kind, name, params) tables; a release of a newer model half-way."""
+    plus ``extra`` (kind, name, params) tables; a release of a newer model half-way.
+    ``people_scale`` multiplies the accounts of its populations of people (casual users,
+    students, non-English users), for false-positive rates over more accounts."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     population_kinds()  # registers every population kind
@@ -86,6 +88,13 @@ def build(split: str, *, duration: float = DAY, seed: int | None = None,
                    ("t_soft_label", "soft-label", {}),
                    ("t_rotating_swarm", "rotating-swarm", {})]
         seed = 23 if seed is None else seed
+    if people_scale != 1.0:
+        if people_scale <= 0:
+            raise ValueError(f"people_scale must be positive, got {people_scale!r}")
+        people = [(kind, name, {**params, "accounts": max(1, round(params["accounts"]
+                                                                     * people_scale))})
+                  if "accounts" in params else (kind, name, params)
+                  for kind, name, params in people]
     items = (people if benign else []) + (attacks if attackers else []) + (extra or [])
     start = DEFAULT_START
     return Scenario(
