@@ -157,16 +157,20 @@ class PromptSpace:
             self._rows = (np.ascontiguousarray(np.vstack(parts)), lo, lo + len(parts[1]))
         return self._rows
 
-    def info(self, embedding: np.ndarray) -> PromptInfo:
-        """What the embedding signals read of one embedding: its topic, its similarity
-        to the nearest elicitation exemplar, and ``[phi, |phi|^2]`` of the sketch."""
+    def _project(self, embedding: np.ndarray) -> tuple[int, float, np.ndarray]:
+        """The embedding's topic, its similarity to the nearest elicitation exemplar,
+        and its sketch projections ``x @ w.T`` (empty without a sketch)."""
         rows, lo, hi = self._stacked()
         y = rows @ np.asarray(embedding, dtype=np.float32)
         topic = int(np.argmax(y[:lo])) if lo else -1
         similarity = float(y[lo:hi].max()) if hi > lo else 0.0
-        phi = None
-        if self.sketch is not None:
-            phi = self.sketch.extended_from(y[hi:])
+        return topic, similarity, y[hi:]
+
+    def info(self, embedding: np.ndarray) -> PromptInfo:
+        """What the embedding signals read of one embedding: its topic, its similarity
+        to the nearest elicitation exemplar, and ``[phi, |phi|^2]`` of the sketch."""
+        topic, similarity, projected = self._project(embedding)
+        phi = None if self.sketch is None else self.sketch.extended_from(projected)
         return topic, similarity, phi
 
     # --- derived values kept without text ------------------------------------------------
@@ -177,10 +181,10 @@ class PromptSpace:
         vectors = self.embedder.embed(list(texts))
         out = []
         for x in vectors:
-            topic, similarity, _ = self.info(x)
+            topic, similarity, projected = self._project(x)
             d: dict[str, Any] = {"v": self.tag, "t": topic, "s": similarity}
             if self.sketch is not None:
-                cos = np.cos(x @ self.sketch.w.T + self.sketch.b)
+                cos = np.cos(projected + self.sketch.b)
                 q = np.clip(np.rint(cos * _Q), -_Q, _Q).astype("<i2")
                 d["f"] = base64.b64encode(q.tobytes()).decode("ascii")
             out.append(d)
