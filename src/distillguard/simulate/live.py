@@ -119,7 +119,7 @@ def _limits(concurrency: int) -> Any:
     """Connection limits for the simulated clients. Idle connections are dropped after
     2 s, before the server's keep-alive timeout (uvicorn's 5 s, as httpx's default):
     with both at 5 s, a request sent after a long detection round can go out on a
-    connection the server is closing. A connection error in the swarm test (once in four
+    connection the server is closing. A connection error in the swarm test (once in five
     suite runs) is thought to be that race; not confirmed."""
     import httpx
 
