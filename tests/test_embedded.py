@@ -97,8 +97,11 @@ async def test_embedded_model_low_entropy_levers_stay_watermarked(harness_factor
     levers = ({"temperature": 0}, {"top_p": 0.01}, {"temperature": 0.2})
     texts = []
     for fields in levers:
+        # 200 tokens, not 100: the key is new in every run, and at temperature 0 some
+        # keys left 100 tokens at p 4e-3..1.5e-2 (2 failures in 7 runs); over 12 keys,
+        # 100 tokens gave 2e-15..1e-4 and 200 tokens 6e-28..4e-14.
         reply = await client.chat.completions.create(
-            model="smollm2-135m-instruct", max_tokens=100, n=2, **fields,
+            model="smollm2-135m-instruct", max_tokens=200, n=2, **fields,
             messages=[{"role": "user", "content": "Explain how tides work, in detail."}])
         text = "\n".join(c.message.content for c in reply.choices)
         texts.append(text)
