@@ -295,7 +295,8 @@ def adaptive(args) -> None:
         print(f"  accounts {p['accounts']:>2} rpm {p['per_account_rpm']:>6.2f} cover "
               f"{p['cover_share']:.2f} elicit {p['elicit_share']:.2f} tpl {p['template']:d} "
               f"human {p['human_timing']:d} rot {p['rotate']:d} pivot {p['pivot']:d} "
-              f"max_tokens {p['max_tokens']:>4}: undetected {_tokens(t.haul_tokens)} tokens "
+              f"max_tokens {p['max_tokens']:>4} greedy {p['greedy']:d} pad "
+              f"{p.get('pad', 0):>5}: undetected {_tokens(t.haul_tokens)} tokens "
               f"({t.haul_responses:,} responses), {t.accounts_acted}/{t.accounts} acted; "
               f"benign acted {t.benign_acted}/{t.benign}", flush=True)
 

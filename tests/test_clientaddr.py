@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from distillguard.detection.campaigns import _prefix
+from distillguard.detection.campaigns import network_prefix as _prefix
 from distillguard.gateway.app import build_app
 from distillguard.gateway.clientaddr import INVALID, ClientAddress
 from distillguard.testing.server import serve_in_thread

@@ -20,6 +20,7 @@ from distillguard.detection.campaigns import (
     BURST_GAP_S,
     MIN_CLIENT_REPEATS,
     MIN_TEMPLATE_REPEATS,
+    ROTATING_CHURN,
 )
 
 MAX_NODES = 48
@@ -47,6 +48,10 @@ def _buckets(gateway: Any, members: list[str]) -> dict[tuple[str, Any], list[str
             client = prof.top(prof.clients)
             if client is not None and prof.clients[client] >= MIN_CLIENT_REPEATS:
                 buckets[("shared_client", client)].append(m)
+        churn = next((r.value for r in detection.signals_of(m)
+                      if r.signal == "client_churn"), None)
+        if churn is not None and churn >= ROTATING_CHURN:
+            buckets[("rotating_clients", "rotating")].append(m)
         keys = gateway.store.list_keys(m)
         if keys:
             first_key.append((min(k.created_at for k in keys), m))
@@ -72,7 +77,7 @@ def _buckets(gateway: Any, members: list[str]) -> dict[tuple[str, Any], list[str
 
 _LABELS = {"shared_infrastructure": "same network + agent", "shared_template": "template",
            "shared_client": "client fingerprint", "key_burst": "key burst",
-           "shared_asn": "one AS"}
+           "shared_asn": "one AS", "rotating_clients": "rotating proxies / agents"}
 
 
 def campaign_graph(gateway: Any, view: dict[str, Any]) -> Markup:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from distillguard.detection.campaigns import network_prefix
 from distillguard.detection.signals import Baseline, EventFeatures, register_signal
 
 # Gaps longer than this are pauses between sessions, not inter-arrival times.
@@ -636,10 +637,74 @@ class RateSurgeSignal(_Builtin):
                 f"({_vs(baseline, '{:.1f}')})")
 
 
+# Distinct (address prefix, user agent) pairs an account remembers; a pair seen before
+# is not new.
+_CHURN_CLIENTS = 64
+
+
+@register_signal
+class ClientChurnSignal(_Builtin):
+    """Share of requests sent from an (address prefix, user agent) pair the account had
+    not used before: a script rotating a proxy pool or a list of user agents sends
+    nearly every request from a new one.
+
+    People and applications come back from the places and programs they sent from: a
+    person from home, work and a phone (a new pair at the start of a session, not within
+    it), an app from its servers, a shared key from each member's own few. The account
+    remembers up to ``_CHURN_CLIENTS`` pairs; once full, a pair it does not hold counts
+    as new, so a pool that never repeats stays near 1 and a team of up to that many
+    people stays low.
+    """
+
+    name = "client_churn"
+    group = "automation"
+    weight = 0.35
+    description = ("share of requests from an address prefix and user agent the account "
+                   "had not used before")
+    min_requests = 10
+
+    def new_state(self) -> list[Any]:
+        return [0, 0, set()]  # requests from a new pair, requests, pairs seen
+
+    def observe(self, state: list[Any], f: EventFeatures) -> None:
+        e = f.event
+        pair = hash((network_prefix(e.client_addr), (e.user_agent or "")[:200]))
+        state[1] += 1
+        seen: set[int] = state[2]
+        if pair not in seen:
+            if state[1] > 1:  # an account's first request is new by definition
+                state[0] += 1
+            if len(seen) < _CHURN_CLIENTS:
+                seen.add(pair)
+
+    def merge(self, states: list[Any]) -> Any:
+        """Pooled: counts add up (each member judged against its own pairs)."""
+        return [sum(s[0] for s in states), sum(s[1] for s in states), set()]
+
+    def value(self, state: list[Any]) -> float | None:
+        return state[0] / state[1] if state[1] >= self.min_requests else None
+
+    def strength(self, value: float, baseline: Baseline | None) -> float:
+        return ramp(value, 0.6, 0.9)
+
+    def explain(self, value: float, baseline: Baseline | None) -> str:
+        return (f"{_pct(value)} of requests came from an address prefix and user agent "
+                f"the account had not used before (a rotating proxy pool or agent list; "
+                f"people return to a few; {_vs(baseline, '{:.0%}')})")
+
+
 # Extraction is measured per day of activity, over at least this long a span: a burst
 # of an hour is projected to a day at a quarter of its rate, so a fresh account taking
 # a lot at once is seen within its first few dozen requests.
 HAUL_MIN_SPAN_S = 3 * 3600.0
+# The same floor for a linked group's pooled haul (``_Haul.merge``): its members' burst
+# is one operation's, not one person's. On the calibration split the topic sweep's
+# campaign was refused after 10 minutes instead of 18 with it, and the benign group of
+# linked retrieval apps rose from 0.24 to 0.27 (its first hour, projected to a day).
+CAMPAIGN_HAUL_MIN_SPAN_S = 3600.0
+# The share of an answer that counts as taken however long the prompt was: padding a
+# question with unrelated text hides at most the rest.
+HAUL_FLOOR = 0.25
 # Greedy (temperature 0) tokens an account (or a whole campaign, pooled) may take before
 # the extraction signals count them: about one chain-of-thought benchmark run (500 items
 # of 500 tokens). An evaluation harness runs a benchmark at temperature 0 once and then
@@ -655,8 +720,19 @@ class _Haul(_Builtin):
     Absolute amounts, not shares: cheap requests of another kind do not lower it. An
     evaluation harness re-running a fixed benchmark sends the same prompts again, so
     its repeated runs add nothing here (see ``EventFeatures.novel``). Output up to the
-    prompt's own length is not counted: a translation, a summary or a RAG answer
-    restates what was sent, where a student model learns from what the teacher adds.
+    prompt's own length is not counted, and what is beyond it counts by the answer's
+    share that the prompt did not supply (``added * added / answer``): a translation, a
+    summary or a RAG answer restates what was sent, where a student model learns from
+    what the teacher adds. Measured on the calibration split's retrieval apps, whose
+    answers run about as long as their context: subtracting alone left their linked
+    group taking 3.3M tokens a day, as much as a topic sweep's members each. Whatever
+    the prompt held, ``HAUL_FLOOR`` of each answer counts: the adaptive attacker put
+    12,000 characters of unrelated "context" before each question and was subtracted
+    to nothing (two accounts took 5.4M tokens in 6 h, never acted on).
+
+    A linked group's pooled haul is projected over at least
+    ``CAMPAIGN_HAUL_MIN_SPAN_S`` (an hour) instead of ``HAUL_MIN_SPAN_S``: the longer
+    floor spares one person's burst, and a group of linked accounts is not one person.
     """
 
     group = "extraction"
@@ -665,7 +741,10 @@ class _Haul(_Builtin):
     what = ""
 
     def new_state(self) -> list[float]:
-        return [-1.0, 0.0, 0.0, 0, 0.0]  # first ts, last ts, tokens, requests, greedy
+        # first ts, last ts, tokens, requests, greedy (weighted as ``tokens``), greedy
+        # as served (what the allowance is measured in); a pooled state (``merge``)
+        # adds the span floor it is projected over.
+        return [-1.0, 0.0, 0.0, 0, 0.0, 0.0]
 
     def counts(self, f: EventFeatures) -> bool:
         return True
@@ -685,10 +764,17 @@ class _Haul(_Builtin):
             # The last user message's length (about 4 characters a token), not the
             # prompt's: a follow-up's history was the service's own earlier answers.
             asked = (f.raw or {}).get("chars", 4 * f.event.prompt_tokens) / 4.0
-            added = f.event.completion_tokens - asked * max(f.n, 1)
-            if added > 0:
-                greedy = (f.event.params or {}).get("temperature") == 0
-                state[4 if greedy else 2] += added * f.novel * self.weight_of(f)
+            out = f.event.completion_tokens
+            if out > 0:
+                added = max(0.0, out - asked * max(f.n, 1))
+                # Weighted by the answer's share that the prompt did not supply, and
+                # never under HAUL_FLOOR of the answer (see the class docstring).
+                taken = max(added * added / out, HAUL_FLOOR * out)
+                if (f.event.params or {}).get("temperature") == 0:
+                    state[4] += taken * f.novel * self.weight_of(f)
+                    state[5] += out * f.novel
+                else:
+                    state[2] += taken * f.novel * self.weight_of(f)
 
     def merge(self, states: list[Any]) -> Any:
         """Pooled: one operator's span and the summed haul."""
@@ -698,13 +784,21 @@ class _Haul(_Builtin):
         # No allowance for a linked group: a benchmark run is one account's, and
         # linked accounts splitting greedy harvest between them are not a harness.
         return [min(s[0] for s in live), max(s[1] for s in live),
-                sum(s[2] + s[4] for s in live), sum(s[3] for s in live), 0.0]
+                sum(s[2] + s[4] for s in live), sum(s[3] for s in live), 0.0, 0.0,
+                CAMPAIGN_HAUL_MIN_SPAN_S]
 
     def value(self, state: list[float]) -> float | None:
         if state[3] < 5:
             return None
-        days = max(state[1] - state[0], HAUL_MIN_SPAN_S) / 86400.0
-        return (state[2] + max(0.0, state[4] - GREEDY_ALLOWANCE_TOKENS)) / days
+        floor = state[6] if len(state) > 6 else HAUL_MIN_SPAN_S
+        days = max(state[1] - state[0], floor) / 86400.0
+        # The allowance is counted in tokens as served, and what lies beyond it keeps
+        # its weight: a padded prompt lowers the weight, not the allowance's size (the
+        # adaptive attacker padded greedy requests and took four allowances' worth).
+        served = state[5]
+        beyond = state[4] * (served - GREEDY_ALLOWANCE_TOKENS) / served \
+            if served > GREEDY_ALLOWANCE_TOKENS else 0.0
+        return (state[2] + beyond) / days
 
     def strength(self, value: float, baseline: Baseline | None) -> float:
         return ramp(math.log10(max(value, 1.0)), math.log10(self.lo), math.log10(self.hi))
@@ -737,8 +831,11 @@ class NovelOutputSignal(_Haul):
     """All completion tokens taken per day on new prompts (a student model's data)."""
 
     name = "novel_output"
-    weight = 0.5
-    lo, hi = 5e4, 1.5e6
+    # Full only at ten times what one busy account takes (1.5M a day): a linked group
+    # pooling 9M a day (the calibration split's topic sweep) is not the same evidence
+    # as one account's day, as it was when the ramp ended at 1.5M and weighed 0.5.
+    weight = 0.8
+    lo, hi = 5e4, 1.5e7
     description = ("completion tokens taken per day on new prompts (soft labels count "
                    "more: a token with its top log-probabilities is a distribution)")
     what = "completion tokens on new prompts (log-probability tokens weighted up)"

@@ -12,9 +12,10 @@ active minutes, and its topic histogram. ``find_campaigns`` then
    bucket shared by more than half of all accounts says nothing and is skipped);
 2. for each group of at least ``MIN_MEMBERS``, adds the evidence of a shared client
    fingerprint (user agent and exact sampling parameters), a shared autonomous system
-   across different prefixes (with an ``asn_table``), synchronised timing
-   (active-minute MinHash agreement) and complementary coverage (the union of the
-   members' topics is much more even than each member's own);
+   across different prefixes (with an ``asn_table``), members that each rotate their
+   address and agent (a proxy pool), synchronised timing (active-minute MinHash
+   agreement) and complementary coverage (the union of the members' topics is much
+   more even than each member's own; reported, weight 0);
 3. scores it: ``link`` (noisy-OR of the evidence kinds) times the pooled harvest score
    of the members (each signal's strength averaged over members, weighted by events;
    volume as the members' summed rate against the per-account population baseline).
@@ -49,7 +50,12 @@ _TIMING_K = 32
 # default settings shares it; it counts only next to other evidence.
 LINK_WEIGHTS = {"shared_template": 0.6, "shared_infrastructure": 0.5, "key_burst": 0.5,
                 "shared_signup": 0.6, "shared_client": 0.3, "synchronised_timing": 0.3,
-                "complementary_coverage": 0.3, "shared_asn": 0.25}
+                # Reported, not scored (see ``_score``).
+                "complementary_coverage": 0.0, "shared_asn": 0.25,
+                "rotating_clients": 0.4}
+# A member whose share of requests from a new (address prefix, user agent) pair is at
+# least this rotates them (``builtin.ClientChurnSignal``).
+ROTATING_CHURN = 0.8
 # One autonomous system is weaker than one /24: a large ISP or cloud carries many
 # honest users. So, like a client fingerprint, it never pulls an account into a group:
 # it ties together members that other evidence grouped and that send from different
@@ -59,7 +65,7 @@ MIN_TEMPLATE_REPEATS = 3
 MIN_CLIENT_REPEATS = 5
 
 
-def _prefix(addr: str | None) -> str | None:
+def network_prefix(addr: str | None) -> str | None:
     """The address's /24 (IPv4) or /48 (IPv6) network, None if it is not an address."""
     if not addr:
         return None
@@ -122,7 +128,7 @@ class Profile:
 
     def observe(self, f: EventFeatures) -> None:
         e = f.event
-        p = _prefix(e.client_addr)
+        p = network_prefix(e.client_addr)
         if p:
             _bump(self.prefixes, p, 4)
         if e.user_agent:
@@ -155,7 +161,7 @@ class Profile:
     def observe_client(self, f: EventFeatures) -> None:
         """A refused request: it still shows where the account sends from."""
         e = f.event
-        p = _prefix(e.client_addr)
+        p = network_prefix(e.client_addr)
         if p:
             _bump(self.prefixes, p, 4)
         if e.user_agent:
@@ -421,6 +427,7 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
                                      f"{str(client[0])[:60]!r})"))
     if as_of:
         evidence += _shared_asn(accts, as_of, kinds_of, own_kinds)
+    evidence += _rotating(accts, members, own_kinds)
     # Synchronised timing: mean MinHash agreement of active minutes across members.
     sigs = [members[a][1].timing_signature() for a in accts]
     sigs = [s for s in sigs if s is not None]
@@ -495,7 +502,10 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
         if name in rates:
             strength = max(strength, signal.strength(rates[name], baselines.get(name)))
         parts[signal.group].append(signal.weight * strength)
-    parts["intent"].append(0.35 * complementary)
+    # Complementary coverage is evidence an analyst reads, not a score: on the
+    # calibration split (embeddings on) the benign group of linked retrieval apps, whose
+    # users ask about everything, gained it as much as the topic sweep and rose from
+    # 0.27 to 0.33, above where the sweep is refused; as ``coverage`` is for one account.
     parts["automation"].extend(e.strength for e in evidence if e.kind == "synchronised_timing")
     groups = {g: 1.0 - math.prod(1.0 - p for p in ps) for g, ps in parts.items()}
     harvest = combine(groups)
@@ -504,6 +514,28 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
     core = [a for a in accts if own_kinds[a] >= 2]
     return Campaign(cid, accts, evidence, round(link, 4), round(harvest, 4), round(risk, 4),
                     events, {g: round(v, 4) for g, v in groups.items()}, core)
+
+
+def _rotating(accts: list[str], members: dict[str, Any],
+              own_kinds: dict[str, int]) -> list[Evidence]:
+    """Evidence that members each rotate where they send from (nearly every request
+    from an address prefix and user agent the account had not used): one operator's
+    rented proxies or agent list. Like a client fingerprint it only adds to a group
+    other evidence formed, since a lone account may rotate for its own reasons."""
+    rotating = []
+    for a in accts:
+        reading = members[a][2].get("client_churn")
+        if reading is not None and reading[1] >= ROTATING_CHURN:
+            rotating.append(a)
+    if len(rotating) < MIN_MEMBERS:
+        return []
+    for a in rotating:
+        own_kinds[a] += 1
+    share = len(rotating) / len(accts)
+    return [Evidence("rotating_clients", LINK_WEIGHTS["rotating_clients"] * share,
+                     f"{len(rotating)} of {len(accts)} accounts send nearly every request "
+                     f"from an address prefix and user agent they had not used before (a "
+                     f"rotating proxy pool or agent list)")]
 
 
 def _shared_asn(accts: list[str], as_of: dict[str, tuple[Any, str]],

@@ -8,7 +8,7 @@ the last refresh left, so call ``refresh`` every ``detection_interval`` seconds.
 Scoring. Each signal's strength in [0, 1] counts within its group by noisy-OR of
 ``weight * strength``. Harvesting is taking value at scale, so::
 
-    takes   = 1 - (1 - intent) * (1 - 0.7 * extraction)
+    takes   = 1 - (1 - intent) * (1 - 0.5 * extraction)
     harvest = takes * (0.5 + 0.5 * max(automation, volume)) * (0.3 + 0.7 * extraction)
     risk    = max(harvest * min(1, events / detection_min_events), campaign risk)
             (campaign risk only for its core members, tied by two kinds of evidence)
@@ -17,7 +17,10 @@ Automation or volume alone (an evaluation harness, a busy RAG app) never makes r
 it only multiplies what the account extracts. Intent measured as shares can be diluted
 with cover traffic, so the absolute extraction (new reasoning-trace tokens and new
 output per day) both counts as intent and scales the score: an account that asks for
-reasoning but takes little of it stays low.
+reasoning but takes little of it stays low. Extraction stands in for intent at half its
+weight (it was 0.7 while ``novel_output`` saturated at 1.5M tokens a day): a big retrieval
+app takes much and shows no intent, and on the calibration split the fuller weight made
+its group of linked keys score like a topic sweep.
 
 Only served requests feed the signals. A refused request (403, 429) has no answer and
 takes nothing; counting it would let a throttle lower the shares that set it and lift
@@ -441,7 +444,7 @@ class DetectionPipeline:
     @staticmethod
     def _combine(groups: dict[str, float]) -> float:
         extraction = groups.get("extraction", 0.0)
-        takes = 1.0 - (1.0 - groups["intent"]) * (1.0 - 0.7 * extraction)
+        takes = 1.0 - (1.0 - groups["intent"]) * (1.0 - 0.5 * extraction)
         return (takes * (0.5 + 0.5 * max(groups["automation"], groups["volume"]))
                 * (0.3 + 0.7 * extraction))
 

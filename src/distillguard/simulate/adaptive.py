@@ -21,6 +21,8 @@ from distillguard.simulate.populations import DAY
 
 ACCOUNTS = (1, 2, 3, 5, 10, 20, 40)
 MAX_TOKENS = (256, 512, 1024, 2048, 4096)
+# Characters of unrelated "context" before each harvest question (0: none).
+PADS = (0, 0, 1000, 4000, 12000)
 # The light benign background of the search (the full test split measures FP rates).
 BACKGROUND = [("t_student", "people", {"accounts": 120, "show_work": 0.1,
                                        "sessions_per_day": 1.0}),
@@ -48,6 +50,7 @@ def sample(rng: random.Random) -> dict[str, Any]:
         "signup_spread": round(math.exp(rng.uniform(math.log(60.0), math.log(5 * DAY))), 0),
         "max_tokens": rng.choice(MAX_TOKENS),
         "greedy": rng.random() < 0.4,
+        "pad": rng.choice(PADS),
     }
 
 

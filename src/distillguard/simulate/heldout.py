@@ -22,7 +22,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from distillguard.simulate.populations import DAY, Population, register
+from distillguard.simulate.populations import DAY, Population, World, register
 from distillguard.simulate.strategies import Campaign
 from distillguard.simulate.traffic import (
     BROWSERS,
@@ -45,6 +45,17 @@ _UAS = BROWSERS + SDKS + (
 def _pareto_gap(rng: random.Random, scale: float, alpha: float = 1.6) -> float:
     """Heavy-tailed think time: most gaps short, some very long (as people are)."""
     return scale * (rng.paretovariate(alpha) - 0.5)
+
+
+def _filler(rng: random.Random, world: World, chars: int) -> str:
+    """About ``chars`` characters of real but unrelated text (benign first turns)."""
+    parts: list[str] = []
+    size = 0
+    while size < chars:
+        text = rng.choice(world.benign)[0]
+        parts.append(text)
+        size += len(text) + 1
+    return " ".join(parts)[:chars]
 
 
 def _home(rng: random.Random) -> str:
@@ -360,7 +371,9 @@ class Adaptive(_TestCampaign):
     ``human_timing`` sends in sessions with Pareto think time instead of a steady rate;
     ``rotate`` changes user agent and address each request; ``pivot`` waits for the
     newest model's release; ``signup_spread`` spreads the accounts' creation; ``greedy``
-    sends at temperature 0.
+    sends at temperature 0; ``pad`` puts that many characters of unrelated text before
+    each harvest question as "context" (input the extraction signals subtract, paid for
+    as prompt tokens).
     """
 
     kind = "t_adaptive"
@@ -380,6 +393,7 @@ class Adaptive(_TestCampaign):
         signup_spread: float = 3600.0
         max_tokens: int = 2048
         greedy: bool = False  # temperature 0, as an evaluation harness sends
+        pad: int = 0  # characters of unrelated "context" before each harvest question
 
     def accounts(self) -> list[AccountSpec]:
         return self._made(self.world.start - 3 * DAY, self.p.signup_spread)
@@ -445,6 +459,8 @@ class Adaptive(_TestCampaign):
                         q = f"{q}\n\n{rng.choice(cues)}"
                     if p.template:
                         q = frame.format(n=n, q=q)
+                    if p.pad:
+                        q = f"Context:\n{_filler(rng, w, p.pad)}\n\n{q}"
                     params = {"temperature": 0.0 if p.greedy else 0.8,
                               "max_tokens": p.max_tokens}
                 yield SimRequest(t, self.account_name(i), (("user", q),), params, model,
