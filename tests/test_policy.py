@@ -247,3 +247,42 @@ def test_default_thresholds_match_whether_detection_embeds():
     assert "run 0.34" in off["block-campaign"].note
     # A calibration made without embeddings serves both.
     assert calibrated_rules(cal(0.34), embeddings=True)[0].min_risk == 0.34
+
+
+def _campaign_member(own: float, campaign: float, name: str = "m") -> DetectionSnapshot:
+    """A core member of a campaign: its risk is the campaign's, its own risk lower."""
+    from distillguard.detection.pipeline import AccountRisk, Reason
+
+    reasons = [Reason("campaign", "campaign", campaign, campaign, None,
+                      "member of campaign cmp_x"),
+               Reason("templating", "automation", 1.0, 1.0, None, "reuses one template")]
+    account = AccountRisk(name, campaign, own, 500, reasons, {}, "cmp_x")
+    return DetectionSnapshot(0.0, {name: account}, (account,), (), {}, {name: 1.0})
+
+
+def test_the_calibrated_account_rule_reads_the_accounts_own_risk(engine, tmp_path):
+    # The calibration held block-harvester to benign accounts' own risk; a benign group
+    # of linked apps scores above it as a campaign, which block-campaign is set for.
+    engine.rules = [r for r in DEFAULT_RULES if r.name == "block-harvester"]
+    rule = engine.rules[0]
+    assert rule.own and "own risk" in (rule.note or "")
+    assert engine.evaluate(_campaign_member(rule.min_risk - 0.1, rule.min_risk + 0.02)) == []
+    [action] = engine.evaluate(_campaign_member(rule.min_risk + 0.01, rule.min_risk + 0.02))
+    assert action.kind == "block" and "own risk" in action.reason
+    assert "member of campaign" not in action.reason.split("[")[0]
+    # A rule without ``own`` compares the risk its campaign lifted, as documented.
+    path = tmp_path / "p.toml"
+    path.write_text('[policy]\n[[policy.rules]]\nname = "r"\naction = "block"\n'
+                    'min_risk = 0.3\n')
+    engine.rules = load_rules(path)
+    assert not engine.rules[0].own
+    [action] = engine.evaluate(_campaign_member(0.1, 0.35, "n"))
+    assert action.kind == "block"
+    path.write_text('[policy]\n[[policy.rules]]\nname = "r"\naction = "block"\n'
+                    'scope = "campaign"\nown = true\n')
+    with pytest.raises(SettingsError, match="own applies only"):
+        load_rules(path)
+    path.write_text('[policy]\n[[policy.rules]]\nname = "r"\naction = "block"\n'
+                    'own = "yes"\n')
+    with pytest.raises(SettingsError, match="own must be true or false"):
+        load_rules(path)

@@ -1,8 +1,10 @@
 """Rule thresholds set from benign scores on the evaluation's calibration split.
 
 ``calibrate`` runs the calibration split (``simulate.splits``) in replay with no rules,
-records each benign account's highest risk over every detection round and each benign
-group's highest campaign risk, and sets each built-in rule's threshold so that at most
+records each benign account's highest own risk (``block-harvester`` compares the
+account's own risk, without the campaign risk a core member carries) over every
+detection round and each benign group's highest campaign risk (``block-campaign``, held
+above both), and sets each built-in rule's threshold so that at most
 ``fp_rate`` of benign accounts would have reached it, and never below the highest
 benign score plus ``MARGIN`` when the split has fewer than ``1 / fp_rate`` benign
 accounts (then the measured rate is 0 of n and its 95% upper bound 3 / n, which the

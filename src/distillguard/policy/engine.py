@@ -193,12 +193,16 @@ class PolicyEngine:
             for account, risk in snapshot.risks.items():
                 strengths = {r.signal: r.strength for r in risk.reasons}
                 for rule in account_rules:
-                    if risk.risk < rule.min_risk or risk.events < rule.min_events:
+                    value = risk.own_risk if rule.own else risk.risk
+                    if value < rule.min_risk or risk.events < rule.min_events:
                         continue
                     if rule.signal and strengths.get(rule.signal, 0.0) < rule.min_strength:
                         continue
-                    top = "; ".join(r.message for r in risk.reasons[:3])
-                    want(account, rule, f"risk {risk.risk:.2f} >= {rule.min_risk:.2f}: {top}")
+                    reasons = [r for r in risk.reasons
+                               if not (rule.own and r.signal == "campaign")]
+                    top = "; ".join(r.message for r in reasons[:3])
+                    what = "own risk" if rule.own else "risk"
+                    want(account, rule, f"{what} {value:.2f} >= {rule.min_risk:.2f}: {top}")
         for campaign in snapshot.campaigns if campaign_rules else ():
             for rule in campaign_rules:
                 if campaign.risk >= rule.min_risk and campaign.link >= rule.min_link:
