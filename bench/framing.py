@@ -1,0 +1,116 @@
+"""Framing probe: can an attacker get honest accounts refused by linking itself to them?
+
+A campaign's risk reaches every core member (``block-campaign``), and a member is core
+with two kinds of evidence. Two of those kinds, a shared prompt template and a shared
+client (user agent and exact sampling parameters), are things an outsider can copy: a
+public framework's default prompt, a popular SDK's user agent. This probe runs the
+calibration split with one more attacker, ``framer``: a burst of new accounts that
+harvest the split's question pool at a steady rate from one cloud /24, and
+
+- ``--copy`` (the default): send each question inside the template, system prompt,
+  client and parameters of the split's retrieval apps (``populations.RagApp``), with an
+  empty context so the model supplies the whole answer;
+- ``--no-copy``: the same harvest in its own words and client (the control).
+
+It prints each campaign's row and which benign accounts were acted on. The calibration
+split is the one whose retrieval template is known here (the test split's was not read),
+so the figures say whether the mechanism exists, not how often it would be met.
+
+Usage: python bench/framing.py [--hours 6] [--no-copy] [--embeddings]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from distillguard.config import Settings  # noqa: E402
+from distillguard.simulate.populations import DAY, register  # noqa: E402
+from distillguard.simulate.strategies import Campaign  # noqa: E402
+from distillguard.simulate.traffic import AccountSpec, SimRequest, datacenter_addr  # noqa: E402
+
+RAG_SYSTEM = "You are a helpful support assistant for Acme Docs."
+RAG_TEMPLATE = ("Answer the question using only the context below. If the answer is not "
+                "in the context, say so.\n\nContext:\n\"\"\"\"\"\"\n\nQuestion: {q}")
+
+
+@register
+class Framer(Campaign):
+    """Harvesting accounts made in one burst; with ``copy`` they dress every request as
+    the split's retrieval apps do."""
+
+    kind = "probe_framer"
+
+    @dataclasses.dataclass
+    class Params:
+        accounts: int = 5
+        target: int = 20000
+        start: float = 3600.0
+        per_account_rpm: float = 4.0
+        copy: bool = True
+
+    def accounts(self) -> list[AccountSpec]:
+        return self._burst_accounts(600.0, DAY)
+
+    def requests(self) -> Iterator[SimRequest]:
+        w, rng = self.world, self.rng
+        if self.p.copy:
+            params, agent = {"temperature": 0.2, "max_tokens": 512}, "python-requests/2.32.3"
+        else:
+            params, agent = {"temperature": 0.7, "max_tokens": 1024}, "aiohttp/3.9.5"
+        prefix = datacenter_addr(rng).rsplit(".", 1)[0]
+        for i, count in enumerate(self._share()):
+            account = self.account_name(i)
+            start = w.start + self.p.start + rng.uniform(0, 300)
+            for t in self._steady(rng, start, self.p.per_account_rpm, count):
+                q = rng.choice(w.harvest)[0][:300]
+                messages: tuple[tuple[str, str], ...]
+                if self.p.copy:
+                    messages = (("system", RAG_SYSTEM), ("user", RAG_TEMPLATE.format(q=q)))
+                else:
+                    messages = (("user", q),)
+                yield SimRequest(t, account, messages, params,
+                                 w.model_at(t, rng, adopt=1.0),
+                                 datacenter_addr(rng, prefix), agent, self.name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hours", type=float, default=6.0)
+    ap.add_argument("--copy", action=argparse.BooleanOptionalAction, default=True,
+                    help="dress the harvest as the split's retrieval apps (default)")
+    ap.add_argument("--embeddings", action="store_true")
+    ap.add_argument("--embedding-sample", type=float, default=0.25)
+    args = ap.parse_args()
+
+    from distillguard.simulate.run import run_scenario
+    from distillguard.simulate.splits import build
+
+    base = Settings.load(env={}).replace(detection_embedding_sample=args.embedding_sample)
+    scenario = build("calibration", duration=args.hours * 3600.0,
+                     extra=[("probe_framer", "framer", {"copy": args.copy})])
+    m = run_scenario(scenario, progress=False, embeddings=args.embeddings,
+                     base_settings=base)
+    print(f"\n## Framing probe: calibration split, {args.hours:g} h, replay, default rules, "
+          f"embeddings {'on' if args.embeddings else 'off'}; framer "
+          f"{'copies the retrieval apps' if args.copy else 'in its own words (control)'}")
+    print("| campaign | accounts | acted on | first action after |")
+    print("|---|---|---|---|")
+    for name, c in m["campaigns"].items():
+        ttfa = c["time_to_first_action_s"]
+        print(f"| {name} | {c['accounts']} | {c['members_acted']} | "
+              f"{'-' if ttfa is None else f'{ttfa / 60:.1f} min'} |")
+    a = m["accounts"]
+    refused = {n: p["accounts_blocked"] for n, p in m["populations"].items()
+               if p["label"] != "attack" and p["accounts_blocked"]}
+    print(f"\nbenign accounts acted on: {a['benign_acted']} of {a['benign']}: "
+          f"{a['benign_acted_names']}; accounts refused by population: {refused or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
