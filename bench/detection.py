@@ -342,6 +342,10 @@ def main() -> int:
                     "the accounts of its populations of people (casual users, students, "
                     "non-English users), for a false-positive rate over more accounts")
     args = ap.parse_args()
+    if (args.embedding_cache and not Path(args.embedding_cache).exists()
+            and args.only != "throughput"):
+        ap.error(f"--embedding-cache {args.embedding_cache}: no such file (the throughput "
+                 f"run writes it: --only throughput --embeddings --embedding-cache PATH)")
     if args.calibrate:
         import json
 

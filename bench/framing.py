@@ -10,13 +10,17 @@ harvest the split's question pool at a steady rate from one cloud /24, and
 - ``--copy`` (the default): send each question inside the template, system prompt,
   client and parameters of the split's retrieval apps (``populations.RagApp``), with an
   empty context so the model supplies the whole answer;
-- ``--no-copy``: the same harvest in its own words and client (the control).
+- ``--no-copy``: the same harvest in its own words and client (the control);
+- ``--aged``: the framer's accounts are 40-200 days old and each sends from its own /24,
+  so only the template and the client tie them: the swarm that judging established
+  accounts apart (``detection.campaigns``) no longer acts on as a campaign. With
+  ``--no-copy --aged`` they share no template either (one client only).
 
 It prints each campaign's row and which benign accounts were acted on. The calibration
 split is the one whose retrieval template is known here (the test split's was not read),
 so the figures say whether the mechanism exists, not how often it would be met.
 
-Usage: python bench/framing.py [--hours 6] [--no-copy] [--embeddings]
+Usage: python bench/framing.py [--hours 6] [--no-copy] [--aged] [--embeddings]
 """
 
 from __future__ import annotations
@@ -53,8 +57,13 @@ class Framer(Campaign):
         start: float = 3600.0
         per_account_rpm: float = 4.0
         copy: bool = True
+        # Accounts 40-200 days old, each from its own /24: nothing but the template and
+        # the client ties them (what the fix spares; see the module docstring).
+        aged: bool = False
 
     def accounts(self) -> list[AccountSpec]:
+        if self.p.aged:
+            return self._aged_accounts(40, 200)
         return self._burst_accounts(600.0, DAY)
 
     def requests(self) -> Iterator[SimRequest]:
@@ -66,6 +75,8 @@ class Framer(Campaign):
         prefix = datacenter_addr(rng).rsplit(".", 1)[0]
         for i, count in enumerate(self._share()):
             account = self.account_name(i)
+            if self.p.aged:
+                prefix = datacenter_addr(rng).rsplit(".", 1)[0]
             start = w.start + self.p.start + rng.uniform(0, 300)
             for t in self._steady(rng, start, self.p.per_account_rpm, count):
                 q = rng.choice(w.harvest)[0][:300]
@@ -84,6 +95,8 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=6.0)
     ap.add_argument("--copy", action=argparse.BooleanOptionalAction, default=True,
                     help="dress the harvest as the split's retrieval apps (default)")
+    ap.add_argument("--aged", action="store_true", help="aged accounts, each from its own "
+                    "/24 (the cost of judging established accounts apart)")
     ap.add_argument("--embeddings", action="store_true")
     ap.add_argument("--embedding-sample", type=float, default=0.25)
     args = ap.parse_args()
@@ -93,18 +106,22 @@ def main() -> None:
 
     base = Settings.load(env={}).replace(detection_embedding_sample=args.embedding_sample)
     scenario = build("calibration", duration=args.hours * 3600.0,
-                     extra=[("probe_framer", "framer", {"copy": args.copy})])
+                     extra=[("probe_framer", "framer", {"copy": args.copy,
+                                                         "aged": args.aged})])
     m = run_scenario(scenario, progress=False, embeddings=args.embeddings,
                      base_settings=base)
     print(f"\n## Framing probe: calibration split, {args.hours:g} h, replay, default rules, "
           f"embeddings {'on' if args.embeddings else 'off'}; framer "
-          f"{'copies the retrieval apps' if args.copy else 'in its own words (control)'}")
-    print("| campaign | accounts | acted on | first action after |")
-    print("|---|---|---|---|")
+          f"{'copies the retrieval apps' if args.copy else 'in its own words (control)'}"
+          f"{', aged accounts, one /24 each' if args.aged else ''}")
+    print("| campaign | accounts | acted on | first action after | completion tokens before "
+          "the first refusal (all, if never refused) |")
+    print("|---|---|---|---|---|")
     for name, c in m["campaigns"].items():
         ttfa = c["time_to_first_action_s"]
+        taken = c["haul_before_stop"]["tokens"] if c["acted"] else c["haul_total"]["tokens"]
         print(f"| {name} | {c['accounts']} | {c['members_acted']} | "
-              f"{'-' if ttfa is None else f'{ttfa / 60:.1f} min'} |")
+              f"{'-' if ttfa is None else f'{ttfa / 60:.1f} min'} | {taken:,.0f} |")
     a = m["accounts"]
     refused = {n: p["accounts_blocked"] for n, p in m["populations"].items()
                if p["label"] != "attack" and p["accounts_blocked"]}

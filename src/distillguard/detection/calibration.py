@@ -93,7 +93,9 @@ def calibrate(*, duration: float = 86400.0, fp_rate: float = FP_RATE,
                 _distribution_values(run.pipeline, dist, dist_i, labels, benign_far,
                                      attack_dist)
             for c in run.pipeline.campaigns():
-                core = c.core or c.members
+                core = c.core
+                if not core:  # block-campaign reaches no one
+                    continue
                 if all(labels.get(m) != "attack" for m in core):
                     benign_campaign.append(c.risk)
                 else:

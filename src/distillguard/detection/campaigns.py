@@ -19,6 +19,11 @@ active minutes, and its topic histogram. ``find_campaigns`` then
 3. scores it: ``link`` (noisy-OR of the evidence kinds) times the pooled harvest score
    of the members (each signal's strength averaged over members, weighted by events;
    volume as the members' summed rate against the per-account population baseline).
+4. judges apart the established members (keys older than ``ESTABLISHED_S``) that only
+   copyable evidence ties to the rest (``HARD_KINDS``): the campaign's risk does not
+   reach them, and those tied to each other by evidence no outsider can copy form their
+   own campaign, scored on their own traffic. Otherwise a newcomer sending an honest
+   app's template with its client would lend the app its risk (``bench/framing.py``).
 """
 
 from __future__ import annotations
@@ -56,6 +61,17 @@ LINK_WEIGHTS = {"shared_template": 0.6, "shared_infrastructure": 0.5, "key_burst
 # A member whose share of requests from a new (address prefix, user agent) pair is at
 # least this rotates them (``builtin.ClientChurnSignal``).
 ROTATING_CHURN = 0.8
+# Evidence an outsider cannot put on someone else's account: keys made in one burst or
+# one sign-up, one address prefix. A template, a client fingerprint, an autonomous
+# system and active minutes can be copied from an honest app (a framework's default
+# prompt, a popular SDK, a cloud region), so an attacker copying them links itself to
+# that app (``bench/framing.py``). Members that each rotate are tied too: an honest
+# account does not rotate because an attacker does.
+HARD_KINDS = ("key_burst", "shared_signup", "shared_infrastructure")
+# An account whose first key is at least this old is established: a group of such
+# accounts tied to the rest of a campaign only by copyable evidence is judged apart
+# (``_apart``), so a newcomer copying their template cannot lend them its risk.
+ESTABLISHED_S = 30 * 86400.0
 # One autonomous system is weaker than one /24: a large ISP or cloud carries many
 # honest users. So, like a client fingerprint, it never pulls an account into a group:
 # it ties together members that other evidence grouped and that send from different
@@ -208,6 +224,9 @@ class Campaign:
     # they carry the campaign's risk: a real user who merely asked a question that a
     # swarm also asked shares one template bucket with it, and nothing else.
     core: list[str] = dataclasses.field(default_factory=list)
+    # Established members tied to the others only by copyable evidence (``HARD_KINDS``):
+    # judged apart, as their own campaign when they are enough to form one.
+    apart: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -301,15 +320,80 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
         groups[uf.find(a)].append(a)
 
     as_of = _systems(members, asn, limit) if asn is not None else {}
+    now = max((p.last_minute * 60.0 for _, p, _ in members.values()), default=0.0)
     campaigns = []
     for accts in groups.values():
         if len(accts) < MIN_MEMBERS:
             continue
         accts.sort()
-        campaigns.append(_score(accts, members, kinds_of, baselines, n_topics, combine,
-                                pooled_states(accts, signals, states, min_events), as_of))
+        campaign = _score(accts, members, kinds_of, baselines, n_topics, combine,
+                          pooled_states(accts, signals, states, min_events), as_of)
+        parts = _apart(accts, buckets, limit, key_times, members, now)
+        if parts:
+            apart = {a for part in parts for a in part}
+            campaign = dataclasses.replace(
+                campaign, core=[a for a in campaign.core if a not in apart],
+                apart=sorted(apart))
+            for part in parts:
+                if len(part) >= MIN_MEMBERS:
+                    inner = _kinds_within(part, buckets, limit)
+                    campaigns.append(_score(part, members, inner, baselines, n_topics,
+                                            combine, pooled_states(part, signals, states,
+                                                                   min_events), as_of))
+        campaigns.append(campaign)
     campaigns.sort(key=lambda c: (-c.risk, -len(c.members)))
     return campaigns
+
+
+def _hard_parts(accts: list[str], buckets: dict[tuple[str, Any], list[str]], limit: int,
+                members: dict[str, Any]) -> list[list[str]]:
+    """The group split by the evidence no outsider can copy (``HARD_KINDS``, and
+    rotation), each part sorted."""
+    inside = set(accts)
+    uf = _UnionFind()
+    for (kind, _), linked in buckets.items():
+        if kind not in HARD_KINDS or len(linked) < 2 or len(linked) > limit:
+            continue
+        mine = [a for a in linked if a in inside]
+        for a in mine[1:]:
+            uf.union(mine[0], a)
+    rotating = [a for a in accts if (members[a][2].get("client_churn") or (0, 0.0))[1]
+                >= ROTATING_CHURN]
+    if len(rotating) >= MIN_MEMBERS:
+        for a in rotating[1:]:
+            uf.union(rotating[0], a)
+    parts: dict[str, list[str]] = defaultdict(list)
+    for a in accts:
+        parts[uf.find(a)].append(a)
+    return [sorted(p) for p in parts.values()]
+
+
+def _apart(accts: list[str], buckets: dict[tuple[str, Any], list[str]], limit: int,
+           key_times: dict[str, float], members: dict[str, Any],
+           now: float) -> list[list[str]]:
+    """The parts of the group (``_hard_parts``) whose every key is established: tied to
+    the rest only by evidence an outsider can copy, they are judged apart. None when the
+    group is one part: then nothing ties it by copyable evidence alone."""
+    parts = _hard_parts(accts, buckets, limit, members)
+    if len(parts) < 2:
+        return []
+    return [p for p in parts
+            if all(a in key_times and now - key_times[a] >= ESTABLISHED_S for a in p)]
+
+
+def _kinds_within(accts: list[str], buckets: dict[tuple[str, Any], list[str]],
+                  limit: int) -> dict[str, set[str]]:
+    """Each member's evidence kinds counting only buckets it shares inside ``accts``."""
+    inside = set(accts)
+    kinds: dict[str, set[str]] = defaultdict(set)
+    for (kind, _), linked in buckets.items():
+        if len(linked) > limit:
+            continue
+        mine = [a for a in linked if a in inside]
+        if len(mine) >= 2:
+            for a in mine:
+                kinds[a].add(kind)
+    return kinds
 
 
 def _systems(members: dict[str, Any], asn: Callable[[str], Any],
