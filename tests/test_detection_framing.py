@@ -66,6 +66,9 @@ def test_established_apps_copied_by_a_newcomer_are_linked_but_judged_apart():
     # ... but the campaign's risk reaches only the accounts that arrived with it.
     assert sorted(c.apart) == sorted(apps)
     assert set(c.core) == {f"framer{j}" for j in range(4)}
+    # The shared prefix is the framers' (an app's own address is shared with no one).
+    infra = next(e.message for e in c.evidence if e.kind == "shared_infrastructure")
+    assert infra.startswith("4 of 7 accounts") and "203.0.113.0/24" in infra
     for a in apps:
         assert p.account_risk(a).risk == p.account_risk(a).own_risk
 

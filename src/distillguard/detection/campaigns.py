@@ -485,8 +485,9 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
     for kind in ("shared_template", "shared_infrastructure", "key_burst", "shared_signup"):
         share = sum(1 for a in accts if kind in kinds_of[a]) / len(accts)
         if share > 0:
+            having = [a for a in accts if kind in kinds_of[a]]
             evidence.append(Evidence(kind, LINK_WEIGHTS[kind] * share,
-                                     _describe(kind, accts, members, share)))
+                                     _describe(kind, accts, members, share, having)))
     # A shared client fingerprint only adds to a group other evidence formed: alone it
     # would join every user of one browser with default settings.
     clients: dict[Any, int] = defaultdict(int)
@@ -647,13 +648,15 @@ def _shared_asn(accts: list[str], as_of: dict[str, tuple[Any, str]],
                      f"{len(prefixes)} different address prefixes ({shown})")]
 
 
-def _describe(kind: str, accts: list[str], members: dict[str, Any], share: float) -> str:
+def _describe(kind: str, accts: list[str], members: dict[str, Any], share: float,
+              having: list[str]) -> str:
+    """The evidence in words; ``having``: the members that show it (its example)."""
     n = round(share * len(accts))
     if kind == "shared_template":
         return (f"{n} of {len(accts)} accounts repeat the same prompt template or wrapper "
                 f"(MinHash LSH of masked prompts, or the same first / last six words)")
     if kind == "shared_infrastructure":
-        prof = members[accts[0]][1]
+        prof = members[having[0]][1]
         return (f"{n} of {len(accts)} accounts send from the same address prefix and user "
                 f"agent (e.g. {prof.top(prof.prefixes)}, "
                 f"{str(prof.top(prof.agents))[:60]!r})")
