@@ -306,12 +306,17 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
     # far: a swarm that is most of the recently active accounts is still a few of all.
     limit = max(MIN_MEMBERS, max(len(members), len(key_times)) // 2)
     uf = _UnionFind()
+    # The same links, only those no outsider can copy: they split a group into the
+    # parts that may be judged apart (``_apart``).
+    hard = _UnionFind()
     kinds_of: dict[str, set[str]] = defaultdict(set)
     for (kind, _), accts in buckets.items():
         if len(accts) < 2 or len(accts) > limit:
             continue
         for a in accts[1:]:
             uf.union(accts[0], a)
+            if kind in HARD_KINDS:
+                hard.union(accts[0], a)
         for a in accts:
             kinds_of[a].add(kind)
     _merge_by_client(uf, kinds_of, members, limit)
@@ -321,6 +326,7 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
 
     as_of = _systems(members, asn, limit) if asn is not None else {}
     now = max((p.last_minute * 60.0 for _, p, _ in members.values()), default=0.0)
+    index: dict[str, list[tuple[str, list[str]]]] | None = None  # built when first needed
     campaigns = []
     for accts in groups.values():
         if len(accts) < MIN_MEMBERS:
@@ -328,7 +334,7 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
         accts.sort()
         campaign = _score(accts, members, kinds_of, baselines, n_topics, combine,
                           pooled_states(accts, signals, states, min_events), as_of)
-        parts = _apart(accts, buckets, limit, key_times, members, now)
+        parts = _apart(accts, hard, key_times, members, now)
         if parts:
             apart = {a for part in parts for a in part}
             campaign = dataclasses.replace(
@@ -336,7 +342,9 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
                 apart=sorted(apart))
             for part in parts:
                 if len(part) >= MIN_MEMBERS:
-                    inner = _kinds_within(part, buckets, limit)
+                    if index is None:
+                        index = _bucket_index(buckets, limit)
+                    inner = _kinds_within(part, index)
                     campaigns.append(_score(part, members, inner, baselines, n_topics,
                                             combine, pooled_states(part, signals, states,
                                                                    min_events), as_of))
@@ -345,53 +353,53 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
     return campaigns
 
 
-def _hard_parts(accts: list[str], buckets: dict[tuple[str, Any], list[str]], limit: int,
+def _hard_parts(accts: list[str], hard: _UnionFind,
                 members: dict[str, Any]) -> list[list[str]]:
-    """The group split by the evidence no outsider can copy (``HARD_KINDS``, and
-    rotation), each part sorted."""
-    inside = set(accts)
-    uf = _UnionFind()
-    for (kind, _), linked in buckets.items():
-        if kind not in HARD_KINDS or len(linked) < 2 or len(linked) > limit:
-            continue
-        mine = [a for a in linked if a in inside]
-        for a in mine[1:]:
-            uf.union(mine[0], a)
-    rotating = [a for a in accts if (members[a][2].get("client_churn") or (0, 0.0))[1]
-                >= ROTATING_CHURN]
-    if len(rotating) >= MIN_MEMBERS:
-        for a in rotating[1:]:
-            uf.union(rotating[0], a)
-    parts: dict[str, list[str]] = defaultdict(list)
+    """The group split by the evidence no outsider can copy (``hard``: the union of
+    ``HARD_KINDS`` buckets), its members that each rotate joined into one part; each
+    part sorted."""
+    parts: dict[Any, list[str]] = defaultdict(list)
     for a in accts:
-        parts[uf.find(a)].append(a)
+        parts[hard.find(a)].append(a)
+    rotating = _rotating_members(accts, members)
+    if len(rotating) >= MIN_MEMBERS:
+        roots = {hard.find(a) for a in rotating}
+        joined = [a for r in roots for a in parts.pop(r)]
+        parts[None] = joined
     return [sorted(p) for p in parts.values()]
 
 
-def _apart(accts: list[str], buckets: dict[tuple[str, Any], list[str]], limit: int,
-           key_times: dict[str, float], members: dict[str, Any],
-           now: float) -> list[list[str]]:
+def _apart(accts: list[str], hard: _UnionFind, key_times: dict[str, float],
+           members: dict[str, Any], now: float) -> list[list[str]]:
     """The parts of the group (``_hard_parts``) whose every key is established: tied to
     the rest only by evidence an outsider can copy, they are judged apart. None when the
     group is one part: then nothing ties it by copyable evidence alone."""
-    parts = _hard_parts(accts, buckets, limit, members)
+    parts = _hard_parts(accts, hard, members)
     if len(parts) < 2:
         return []
     return [p for p in parts
             if all(a in key_times and now - key_times[a] >= ESTABLISHED_S for a in p)]
 
 
-def _kinds_within(accts: list[str], buckets: dict[tuple[str, Any], list[str]],
-                  limit: int) -> dict[str, set[str]]:
+def _bucket_index(buckets: dict[tuple[str, Any], list[str]],
+                  limit: int) -> dict[str, list[tuple[str, list[str]]]]:
+    """Account -> (kind, members) of each bucket that links it."""
+    index: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
+    for (kind, _), linked in buckets.items():
+        if 2 <= len(linked) <= limit:
+            for a in linked:
+                index[a].append((kind, linked))
+    return index
+
+
+def _kinds_within(accts: list[str],
+                  index: dict[str, list[tuple[str, list[str]]]]) -> dict[str, set[str]]:
     """Each member's evidence kinds counting only buckets it shares inside ``accts``."""
     inside = set(accts)
     kinds: dict[str, set[str]] = defaultdict(set)
-    for (kind, _), linked in buckets.items():
-        if len(linked) > limit:
-            continue
-        mine = [a for a in linked if a in inside]
-        if len(mine) >= 2:
-            for a in mine:
+    for a in accts:
+        for kind, linked in index.get(a, ()):
+            if any(b != a and b in inside for b in linked):
                 kinds[a].add(kind)
     return kinds
 
@@ -607,11 +615,7 @@ def _rotating(accts: list[str], members: dict[str, Any],
     from an address prefix and user agent the account had not used): one operator's
     rented proxies or agent list. Like a client fingerprint it only adds to a group
     other evidence formed, since a lone account may rotate for its own reasons."""
-    rotating = []
-    for a in accts:
-        reading = members[a][2].get("client_churn")
-        if reading is not None and reading[1] >= ROTATING_CHURN:
-            rotating.append(a)
+    rotating = _rotating_members(accts, members)
     if len(rotating) < MIN_MEMBERS:
         return []
     for a in rotating:
@@ -621,6 +625,16 @@ def _rotating(accts: list[str], members: dict[str, Any],
                      f"{len(rotating)} of {len(accts)} accounts send nearly every request "
                      f"from an address prefix and user agent they had not used before (a "
                      f"rotating proxy pool or agent list)")]
+
+
+def _rotating_members(accts: list[str], members: dict[str, Any]) -> list[str]:
+    """The members whose ``client_churn`` reaches ``ROTATING_CHURN``."""
+    out = []
+    for a in accts:
+        reading = members[a][2].get("client_churn")
+        if reading is not None and reading[1] >= ROTATING_CHURN:
+            out.append(a)
+    return out
 
 
 def _shared_asn(accts: list[str], as_of: dict[str, tuple[Any, str]],
