@@ -172,3 +172,51 @@ def test_padding_greedy_prompts_does_not_stretch_the_greedy_allowance():
     # weight to the floor, no further.
     assert plain > 0 and padded > 0
     assert abs(padded / plain - HAUL_FLOOR) < 0.05
+
+
+RESTART = """
+import sys
+from test_detection_extraction import T0, event
+from distillguard.detection import checkpoint
+from distillguard.detection.pipeline import DetectionPipeline
+# A team key: 64 members, each from their own home with their own browser.
+clients = [(f"81.{i}.7.20", f"Mozilla/5.0 member-{i}") for i in range(64)]
+p = DetectionPipeline(signals=["client_churn"])
+start = 0 if sys.argv[1] == "before" else 128
+if sys.argv[1] == "after":
+    checkpoint.restore(p, open(sys.argv[2], "rb").read())
+for i in range(start, start + 128):
+    addr, ua = clients[i % 64]
+    p.observe(event("team", T0 + 30 * i, f"q {i}", i=i, addr=addr, ua=ua))
+if sys.argv[1] == "before":
+    open(sys.argv[2], "wb").write(checkpoint.dump_state(p, 0))
+st = p._accounts["team"].states[0]
+print(st[0], st[1])
+"""
+
+
+def test_remembered_clients_are_still_known_after_a_restart(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "restart.py"
+    script.write_text(RESTART)
+    blob = tmp_path / "checkpoint.bin"
+    tests = str(Path(__file__).parent)
+
+    def run(phase: str, seed: str) -> tuple[int, int]:
+        env = {**os.environ, "PYTHONHASHSEED": seed,
+               "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+        out = subprocess.run([sys.executable, str(script), phase, str(blob)], env=env,
+                             check=True, capture_output=True, text=True).stdout.split()
+        return int(out[0]), int(out[1])
+
+    new_before, _ = run("before", "1")
+    # Each member's first request was new (but the account's very first); no repeat was.
+    assert new_before == 63
+    # Restarted in a process whose hash() is salted differently, the same 64 clients
+    # come back: none of them is new.
+    new_after, requests = run("after", "2")
+    assert (new_after, requests) == (63, 256)

@@ -9,6 +9,7 @@ as "a lot" depends on the service.
 from __future__ import annotations
 
 import abc
+import hashlib
 import math
 from typing import Any
 
@@ -642,6 +643,16 @@ class RateSurgeSignal(_Builtin):
 _CHURN_CLIENTS = 64
 
 
+def _client_pair(addr: str | None, agent: str | None) -> int:
+    """A 64-bit digest of (address prefix, user agent). Not ``hash()``: Python salts
+    it per process, so a checkpoint restored after a restart would hold digests no
+    request matches and every remembered client would count as new again (forever, for
+    an account that remembers ``_CHURN_CLIENTS``). BLAKE2b, so that a rotating client
+    cannot pick user agents whose digests repeat its earlier ones."""
+    text = f"{network_prefix(addr)}\x00{(agent or '')[:200]}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
 @register_signal
 class ClientChurnSignal(_Builtin):
     """Share of requests sent from an (address prefix, user agent) pair the account had
@@ -668,7 +679,7 @@ class ClientChurnSignal(_Builtin):
 
     def observe(self, state: list[Any], f: EventFeatures) -> None:
         e = f.event
-        pair = hash((network_prefix(e.client_addr), (e.user_agent or "")[:200]))
+        pair = _client_pair(e.client_addr, e.user_agent)
         state[1] += 1
         seen: set[int] = state[2]
         if pair not in seen:
