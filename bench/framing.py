@@ -14,13 +14,20 @@ harvest the split's question pool at a steady rate from one cloud /24, and
 - ``--aged``: the framer's accounts are 40-200 days old and each sends from its own /24,
   so only the template and the client tie them: the swarm that judging established
   accounts apart (``detection.campaigns``) no longer acts on as a campaign. With
-  ``--no-copy --aged`` they share no template either (one client only).
+  ``--no-copy --aged`` they share no template either (one client only);
+- ``--rent``: the framer also sends from the /24 of one retrieval app (``rag-big``),
+  as if it had rented cloud addresses next to the app's servers, so that a shared
+  address prefix, evidence the campaign split counts as copy-proof, ties it to the app;
+- ``--mixed K``: K of the framer's accounts are 40-200 days old, the rest new, all from
+  its one /24: an operator's aged accounts harvesting beside its new ones (what not
+  letting a shared prefix tie established accounts to new ones costs).
 
 It prints each campaign's row and which benign accounts were acted on. The calibration
 split is the one whose retrieval template is known here (the test split's was not read),
 so the figures say whether the mechanism exists, not how often it would be met.
 
-Usage: python bench/framing.py [--hours 6] [--no-copy] [--aged] [--embeddings]
+Usage: python bench/framing.py [--hours 6] [--no-copy] [--aged] [--rent] [--mixed K]
+       [--embeddings]
 """
 
 from __future__ import annotations
@@ -60,11 +67,18 @@ class Framer(Campaign):
         # Accounts 40-200 days old, each from its own /24: nothing but the template and
         # the client ties them (what the fix spares; see the module docstring).
         aged: bool = False
+        # Send from this /24 (``--rent``: a retrieval app's) instead of one of its own.
+        prefix: str = ""
+        # The first ``mixed`` accounts are aged, the others new (one /24 for all).
+        mixed: int = 0
 
     def accounts(self) -> list[AccountSpec]:
         if self.p.aged:
             return self._aged_accounts(40, 200)
-        return self._burst_accounts(600.0, DAY)
+        new = self._burst_accounts(600.0, DAY)
+        if not self.p.mixed:
+            return new
+        return self._aged_accounts(40, 200)[:self.p.mixed] + new[self.p.mixed:]
 
     def requests(self) -> Iterator[SimRequest]:
         w, rng = self.world, self.rng
@@ -77,6 +91,7 @@ class Framer(Campaign):
             account = self.account_name(i)
             if self.p.aged:
                 prefix = datacenter_addr(rng).rsplit(".", 1)[0]
+            prefix = self.p.prefix or prefix
             start = w.start + self.p.start + rng.uniform(0, 300)
             for t in self._steady(rng, start, self.p.per_account_rpm, count):
                 q = rng.choice(w.harvest)[0][:300]
@@ -90,6 +105,22 @@ class Framer(Campaign):
                                  datacenter_addr(rng, prefix), agent, self.name)
 
 
+def _prefix_of(population: str, hours: float) -> str:
+    """The /24 the split's ``population`` sends most from (the framer's generation does
+    not change the others': each population draws from its own generator)."""
+    from collections import Counter
+
+    from distillguard.simulate.runner import Traffic
+    from distillguard.simulate.splits import build
+
+    traffic = Traffic.generate(build("calibration", duration=hours * 3600.0), 1.0)
+    prefixes = Counter(r.addr.rsplit(".", 1)[0] for r in traffic.requests
+                       if r.group == population)
+    if not prefixes:
+        raise SystemExit(f"framing: the calibration split has no population {population!r}")
+    return prefixes.most_common(1)[0][0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hours", type=float, default=6.0)
@@ -97,6 +128,10 @@ def main() -> None:
                     help="dress the harvest as the split's retrieval apps (default)")
     ap.add_argument("--aged", action="store_true", help="aged accounts, each from its own "
                     "/24 (the cost of judging established accounts apart)")
+    ap.add_argument("--rent", action="store_true", help="send from the /24 of the retrieval "
+                    "app rag-big (addresses rented next to its servers)")
+    ap.add_argument("--mixed", type=int, default=0, metavar="K", help="K of the accounts "
+                    "aged, the rest new, one /24 for all")
     ap.add_argument("--embeddings", action="store_true")
     ap.add_argument("--embedding-sample", type=float, default=0.25)
     args = ap.parse_args()
@@ -105,23 +140,32 @@ def main() -> None:
     from distillguard.simulate.splits import build
 
     base = Settings.load(env={}).replace(detection_embedding_sample=args.embedding_sample)
+    framer: dict[str, object] = {"copy": args.copy, "aged": args.aged, "mixed": args.mixed}
+    if args.rent:
+        framer["prefix"] = _prefix_of("rag-big", args.hours)
     scenario = build("calibration", duration=args.hours * 3600.0,
-                     extra=[("probe_framer", "framer", {"copy": args.copy,
-                                                         "aged": args.aged})])
+                     extra=[("probe_framer", "framer", framer)])
     m = run_scenario(scenario, progress=False, embeddings=args.embeddings,
                      base_settings=base)
+    how = "copies the retrieval apps" if args.copy else "in its own words (control)"
+    if args.aged:
+        how += ", aged accounts" + ("" if args.rent else ", one /24 each")
+    if args.mixed:
+        how += f", {args.mixed} of its accounts aged"
+    if args.rent:
+        how += f", from rag-big's {framer['prefix']}.0/24"
     print(f"\n## Framing probe: calibration split, {args.hours:g} h, replay, default rules, "
-          f"embeddings {'on' if args.embeddings else 'off'}; framer "
-          f"{'copies the retrieval apps' if args.copy else 'in its own words (control)'}"
-          f"{', aged accounts, one /24 each' if args.aged else ''}")
+          f"embeddings {'on' if args.embeddings else 'off'}; framer {how}")
     print("| campaign | accounts | acted on | first action after | completion tokens before "
-          "the first refusal (all, if never refused) |")
-    print("|---|---|---|---|---|")
+          "the first refusal (all, if never refused) | in all |")
+    print("|---|---|---|---|---|---|")
     for name, c in m["campaigns"].items():
         ttfa = c["time_to_first_action_s"]
-        taken = c["haul_before_stop"]["tokens"] if c["acted"] else c["haul_total"]["tokens"]
+        total = c["haul_total"]["tokens"]
+        taken = c["haul_before_stop"]["tokens"] if c["acted"] else total
         print(f"| {name} | {c['accounts']} | {c['members_acted']} | "
-              f"{'-' if ttfa is None else f'{ttfa / 60:.1f} min'} | {taken:,.0f} |")
+              f"{'-' if ttfa is None else f'{ttfa / 60:.1f} min'} | {taken:,.0f} | "
+              f"{total:,.0f} |")
     a = m["accounts"]
     refused = {n: p["accounts_blocked"] for n, p in m["populations"].items()
                if p["label"] != "attack" and p["accounts_blocked"]}

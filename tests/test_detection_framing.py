@@ -25,10 +25,12 @@ class Keys:
         return older + [KeyRecord(f"k-{a}", a, "sk", t) for a, t in self.made.items()]
 
 
-def run(apps: dict[str, tuple[float, str]], framers: int = 4) -> DetectionPipeline:
+def run(apps: dict[str, tuple[float, str]], framers: int = 4,
+        net: str = "203.0.113") -> DetectionPipeline:
     """``apps``: account -> (key made, address) of honest apps sending the template;
-    then ``framers`` new accounts made in one burst a day ago, from one /24, sending the
-    same template, client and parameters with an empty context and taking long answers."""
+    then ``framers`` new accounts made in one burst a day ago, from the /24 ``net``,
+    sending the same template, client and parameters with an empty context and taking
+    long answers."""
     made = {a: t for a, (t, _) in apps.items()}
     made.update({f"framer{j}": T0 - 86400 + 20.0 * j for j in range(framers)})
     p = DetectionPipeline(store=Keys(made))
@@ -43,7 +45,7 @@ def run(apps: dict[str, tuple[float, str]], framers: int = 4) -> DetectionPipeli
             q = f"Explain in depth how compilers optimise loops, part {k * framers + j}."
             p.observe(event(f"framer{j}", T0 + 60 * k + 5 + j,
                             TEMPLATE.format(doc="", q=q), i=i, out=500,
-                            addr=f"203.0.113.{10 + j}", ua=AGENT, params=PARAMS))
+                            addr=f"{net}.{10 + j}", ua=AGENT, params=PARAMS))
             i += 1
     p.refresh()
     return p
@@ -71,6 +73,20 @@ def test_established_apps_copied_by_a_newcomer_are_linked_but_judged_apart():
     assert infra.startswith("4 of 7 accounts") and "203.0.113.0/24" in infra
     for a in apps:
         assert p.account_risk(a).risk == p.account_risk(a).own_risk
+
+
+def test_newcomers_renting_addresses_beside_an_established_app_do_not_lend_it_their_risk():
+    # The framers send from the docs app's own cloud /24 with its client, so a shared
+    # address prefix (evidence an outsider cannot copy from elsewhere) ties them to it.
+    old = T0 - 2 * ESTABLISHED_S
+    apps = {"docs-app": (old, "198.51.100.7"), "help-app": (old + 9 * 86400, "192.0.2.40")}
+    p = run(apps, net="198.51.100")
+    c = the_campaign(p, "docs-app")
+    infra = next(e.message for e in c.evidence if e.kind == "shared_infrastructure")
+    assert infra.startswith("5 of 6 accounts") and "198.51.100.0/24" in infra
+    assert sorted(c.apart) == sorted(apps)
+    assert set(c.core) == {f"framer{j}" for j in range(4)}
+    assert c.risk > p.account_risk("docs-app").risk == p.account_risk("docs-app").own_risk
 
 
 def test_new_accounts_tied_only_by_a_template_still_carry_the_campaign():

@@ -24,6 +24,8 @@ active minutes, and its topic histogram. ``find_campaigns`` then
    reach them, and those tied to each other by evidence no outsider can copy form their
    own campaign, scored on their own traffic. Otherwise a newcomer sending an honest
    app's template with its client would lend the app its risk (``bench/framing.py``).
+   Those ties never join an established account to a new one: a newcomer can rent
+   addresses in an app's cloud /24 (``bench/framing.py --rent``).
 """
 
 from __future__ import annotations
@@ -305,9 +307,13 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
     # "Half the population" counts every account with a key, not only those seen so
     # far: a swarm that is most of the recently active accounts is still a few of all.
     limit = max(MIN_MEMBERS, max(len(members), len(key_times)) // 2)
+    now = max((p.last_minute * 60.0 for _, p, _ in members.values()), default=0.0)
     uf = _UnionFind()
     # The same links, only those no outsider can copy: they split a group into the
-    # parts that may be judged apart (``_apart``).
+    # parts that may be judged apart (``_apart``). They never tie an established account
+    # to a new one (``_established``): a cloud /24, or a sign-up's e-mail domain with its
+    # prefix, can be rented next to an honest app's servers by accounts made today
+    # (``bench/framing.py --rent``).
     hard = _UnionFind()
     kinds_of: dict[str, set[str]] = defaultdict(set)
     for (kind, _), accts in buckets.items():
@@ -315,8 +321,12 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
             continue
         for a in accts[1:]:
             uf.union(accts[0], a)
-            if kind in HARD_KINDS:
-                hard.union(accts[0], a)
+        if kind in HARD_KINDS:
+            sides: dict[bool, str] = {}
+            for a in accts:
+                first = sides.setdefault(_established(a, key_times, now), a)
+                if first != a:
+                    hard.union(first, a)
         for a in accts:
             kinds_of[a].add(kind)
     _merge_by_client(uf, kinds_of, members, limit)
@@ -325,7 +335,6 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
         groups[uf.find(a)].append(a)
 
     as_of = _systems(members, asn, limit) if asn is not None else {}
-    now = max((p.last_minute * 60.0 for _, p, _ in members.values()), default=0.0)
     index: dict[str, list[tuple[str, list[str]]]] | None = None  # built when first needed
     campaigns = []
     for accts in groups.values():
@@ -377,8 +386,13 @@ def _apart(accts: list[str], hard: _UnionFind, key_times: dict[str, float],
     parts = _hard_parts(accts, hard, members)
     if len(parts) < 2:
         return []
-    return [p for p in parts
-            if all(a in key_times and now - key_times[a] >= ESTABLISHED_S for a in p)]
+    return [p for p in parts if all(_established(a, key_times, now) for a in p)]
+
+
+def _established(account: str, key_times: dict[str, float], now: float) -> bool:
+    """Whether the account's first key is at least ``ESTABLISHED_S`` old."""
+    made = key_times.get(account)
+    return made is not None and now - made >= ESTABLISHED_S
 
 
 def _bucket_index(buckets: dict[tuple[str, Any], list[str]],
