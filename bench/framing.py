@@ -17,10 +17,11 @@ harvest the split's question pool at a steady rate from one cloud /24, and
   ``--no-copy --aged`` they share no template either (one client only);
 - ``--rent``: the framer also sends from the /24 of one retrieval app (``rag-big``),
   as if it had rented cloud addresses next to the app's servers, so that a shared
-  address prefix, evidence the campaign split counts as copy-proof, ties it to the app;
+  address prefix ties it to the app (the campaign split once counted one prefix as
+  evidence no outsider can copy);
 - ``--mixed K``: K of the framer's accounts are 40-200 days old, the rest new, all from
-  its one /24: an operator's aged accounts harvesting beside its new ones (what not
-  letting a shared prefix tie established accounts to new ones costs).
+  its one /24: an operator's aged accounts beside its new ones, or (K = 5) an aged swarm
+  on one /24: what counting a prefix as copyable costs.
 
 It prints each campaign's row and which benign accounts were acted on. The calibration
 split is the one whose retrieval template is known here (the test split's was not read),

@@ -26,13 +26,14 @@ class Keys:
 
 
 def run(apps: dict[str, tuple[float, str]], framers: int = 4,
-        net: str = "203.0.113") -> DetectionPipeline:
+        net: str = "203.0.113", aged: bool = False) -> DetectionPipeline:
     """``apps``: account -> (key made, address) of honest apps sending the template;
-    then ``framers`` new accounts made in one burst a day ago, from the /24 ``net``,
-    sending the same template, client and parameters with an empty context and taking
-    long answers."""
+    then ``framers`` new accounts made in one burst a day ago (``aged``: bought, each
+    made on its own day 40 to 70 days ago), from the /24 ``net``, sending the same
+    template, client and parameters with an empty context and taking long answers."""
     made = {a: t for a, (t, _) in apps.items()}
-    made.update({f"framer{j}": T0 - 86400 + 20.0 * j for j in range(framers)})
+    made.update({f"framer{j}": T0 - (40 + 10 * j) * 86400 if aged else T0 - 86400 + 20.0 * j
+                 for j in range(framers)})
     p = DetectionPipeline(store=Keys(made))
     i = 0
     for k in range(30):
@@ -89,6 +90,17 @@ def test_newcomers_renting_addresses_beside_an_established_app_do_not_lend_it_th
     assert c.risk > p.account_risk("docs-app").risk == p.account_risk("docs-app").own_risk
 
 
+def test_aged_framers_renting_beside_an_established_app_are_not_judged_with_it():
+    # The same, with framers as old as the app: one /24 used to join them all into one
+    # established part, scored as its own campaign on the framers' harvest.
+    old = T0 - 3 * ESTABLISHED_S
+    apps = {"docs-app": (old, "198.51.100.7"), "help-app": (old + 9 * 86400, "192.0.2.40")}
+    p = run(apps, net="198.51.100", aged=True)
+    assert p.account_risk("docs-app").risk == p.account_risk("docs-app").own_risk
+    assert not [c for c in p.campaigns() if "docs-app" in c.members and c.risk
+                and "docs-app" not in c.apart]
+
+
 def test_new_accounts_tied_only_by_a_template_still_carry_the_campaign():
     # The same apps with keys made last week, apart from each other: nothing shows they
     # were there first, so they are judged with the group, as a swarm's members are.
@@ -102,7 +114,8 @@ def test_new_accounts_tied_only_by_a_template_still_carry_the_campaign():
 
 def test_an_established_app_sharded_over_keys_is_judged_as_its_own_group():
     # One app's three keys made together long ago, from one server /24: tied to each
-    # other by evidence no outsider can copy, to the framers only by the template.
+    # other by evidence no outsider can copy (the key burst), to the framers only by
+    # the template.
     made = T0 - 3 * ESTABLISHED_S
     shards = {f"shard{j}": (made + 20.0 * j, f"192.0.2.{40 + j}") for j in range(3)}
     p = run(shards)

@@ -24,8 +24,9 @@ active minutes, and its topic histogram. ``find_campaigns`` then
    reach them, and those tied to each other by evidence no outsider can copy form their
    own campaign, scored on their own traffic. Otherwise a newcomer sending an honest
    app's template with its client would lend the app its risk (``bench/framing.py``).
-   Those ties never join an established account to a new one: a newcomer can rent
-   addresses in an app's cloud /24 (``bench/framing.py --rent``).
+   One address prefix is not such evidence (a cloud /24 can be rented beside an app's
+   servers: ``bench/framing.py --rent``), and no such tie joins an established account
+   to a new one.
 """
 
 from __future__ import annotations
@@ -64,12 +65,14 @@ LINK_WEIGHTS = {"shared_template": 0.6, "shared_infrastructure": 0.5, "key_burst
 # least this rotates them (``builtin.ClientChurnSignal``).
 ROTATING_CHURN = 0.8
 # Evidence an outsider cannot put on someone else's account: keys made in one burst or
-# one sign-up, one address prefix. A template, a client fingerprint, an autonomous
-# system and active minutes can be copied from an honest app (a framework's default
-# prompt, a popular SDK, a cloud region), so an attacker copying them links itself to
-# that app (``bench/framing.py``). Members that each rotate are tied too: an honest
+# one sign-up. A template, a client fingerprint, an autonomous system and active
+# minutes can be copied from an honest app (a framework's default prompt, a popular SDK,
+# a cloud region), so an attacker copying them links itself to that app
+# (``bench/framing.py``). So can one address prefix: a cloud /24 can be rented beside
+# the app's servers (``--rent``: the app was refused with the framers, also when their
+# accounts were as old as the app's). Members that each rotate are tied too: an honest
 # account does not rotate because an attacker does.
-HARD_KINDS = ("key_burst", "shared_signup", "shared_infrastructure")
+HARD_KINDS = ("key_burst", "shared_signup")
 # An account whose first key is at least this old is established: a group of such
 # accounts tied to the rest of a campaign only by copyable evidence is judged apart
 # (``_apart``), so a newcomer copying their template cannot lend them its risk.
@@ -311,9 +314,8 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
     uf = _UnionFind()
     # The same links, only those no outsider can copy: they split a group into the
     # parts that may be judged apart (``_apart``). They never tie an established account
-    # to a new one (``_established``): a cloud /24, or a sign-up's e-mail domain with its
-    # prefix, can be rented next to an honest app's servers by accounts made today
-    # (``bench/framing.py --rent``).
+    # to a new one (``_established``): a sign-up's e-mail domain with its address prefix
+    # could be taken again from a rented address by an account made today.
     hard = _UnionFind()
     kinds_of: dict[str, set[str]] = defaultdict(set)
     for (kind, _), accts in buckets.items():
