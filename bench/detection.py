@@ -7,7 +7,9 @@ Default run (a few minutes, replay mode, embeddings off):
    default rules, whose thresholds were calibrated on the calibration split only;
    one row per campaign and the benign false-positive figures;
 2. the **adaptive attacker** (``simulate.adaptive``): a seeded search over attacker
-   parameters for the largest haul never acted on, against the detector as it stands;
+   parameters for the largest haul never acted on, against the detector as it stands
+   (``--aged-accounts``: bought accounts 45 or 180 days old are in its space too, and the
+   best with new accounts only is printed apart);
 3. **scoring throughput** on the synthetic streams below, events carrying the features
    the gateway computes (their cost per request printed apart), embeddings off unless
    ``--embeddings`` (then cached, and the embedding cost printed apart).
@@ -287,8 +289,10 @@ def test_split(args) -> dict:
 def adaptive(args) -> None:
     from distillguard.simulate.adaptive import search
 
+    space = ", bought accounts 45 or 180 days old in the space" if args.aged_accounts else ""
     print(f"\n## Adaptive attacker: {args.budget} replay runs of {args.search_hours:g} h "
-          f"(random search then (1+1)-ES, seed {args.seed}), against the default rules")
+          f"(random search then (1+1)-ES, seed {args.seed}{space}), against the default "
+          f"rules")
 
     def log(t) -> None:
         p = t.params
@@ -296,18 +300,28 @@ def adaptive(args) -> None:
               f"{p['cover_share']:.2f} elicit {p['elicit_share']:.2f} tpl {p['template']:d} "
               f"human {p['human_timing']:d} rot {p['rotate']:d} pivot {p['pivot']:d} "
               f"max_tokens {p['max_tokens']:>4} greedy {p['greedy']:d} pad "
-              f"{p.get('pad', 0):>5}: undetected {_tokens(t.haul_tokens)} tokens "
+              f"{p.get('pad', 0):>5}"
+              + (f" aged {p['aged_days']:>3.0f} d" if "aged_days" in p else "")
+              + f": undetected {_tokens(t.haul_tokens)} tokens "
               f"({t.haul_responses:,} responses), {t.accounts_acted}/{t.accounts} acted; "
               f"benign acted {t.benign_acted}/{t.benign}", flush=True)
 
     trials = search(budget=args.budget, duration=args.search_hours * 3600.0, seed=args.seed,
-                    log=log)
-    best = trials[0]
-    print(f"best adaptive attacker: {best.params}\n  undetected haul "
-          f"{_tokens(best.per_account_day)} completion tokens per account per day, "
-          f"{_tokens(best.per_account)} per verified account over {args.search_hours:g} h "
-          f"({_tokens(best.haul_tokens)} in all over {best.accounts} accounts); benign "
-          f"accounts acted on at that operating point: {best.benign_acted} of {best.benign}")
+                    log=log, aged=args.aged_accounts)
+
+    def report(what: str, best) -> None:
+        print(f"{what}: {best.params}\n  undetected haul "
+              f"{_tokens(best.per_account_day)} completion tokens per account per day, "
+              f"{_tokens(best.per_account)} per verified account over {args.search_hours:g} h "
+              f"({_tokens(best.haul_tokens)} in all over {best.accounts} accounts, "
+              f"{best.accounts_acted} acted on); benign accounts acted on at that operating "
+              f"point: {best.benign_acted} of {best.benign}")
+
+    report("best adaptive attacker", trials[0])
+    if args.aged_accounts:
+        new = [t for t in trials if not t.params.get("aged_days")]
+        if new and new[0] is not trials[0]:
+            report("best with new accounts only", new[0])
 
 
 def main() -> int:
@@ -338,6 +352,8 @@ def main() -> int:
                     help="the split the first table runs (calibration: to check that no "
                     "benign account of the split the thresholds came from is acted on)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--aged-accounts", action="store_true", help="adaptive attacker: bought "
+                    "accounts (45 or 180 days old) in its search space")
     ap.add_argument("--people-scale", type=float, default=1.0, help="test split: multiply "
                     "the accounts of its populations of people (casual users, students, "
                     "non-English users), for a false-positive rate over more accounts")

@@ -200,6 +200,26 @@ def test_adaptive_search_space_stays_in_bounds():
         assert 0.05 <= p["per_account_rpm"] <= 20 and 0 <= p["cover_share"] <= 0.95
 
 
+def test_adaptive_search_can_buy_aged_accounts_and_is_unchanged_without():
+    from distillguard.simulate.adaptive import AGES, sample
+    from distillguard.simulate.populations import DAY
+    from distillguard.simulate.runner import Traffic
+    from distillguard.simulate.splits import build
+
+    plain, aged = sample(random.Random(7)), sample(random.Random(7), aged=True)
+    # Without ``aged`` a seed draws what it always drew: the old searches still repeat.
+    assert "aged_days" not in plain and {**plain, "aged_days": aged["aged_days"]} == aged
+    assert {sample(random.Random(s), aged=True)["aged_days"] for s in range(40)} == set(AGES)
+    point = {**plain, "accounts": 3, "per_account_rpm": 1.0, "target": 10,
+             "signup_spread": 60.0, "aged_days": 45.0}
+    scenario = build("test", duration=600.0, attackers=False, benign=False,
+                     extra=[("t_adaptive", "adaptive", point)])
+    traffic = Traffic.generate(scenario)
+    made = [a.key_created_at for a in traffic.accounts if a.label == "attack"]
+    assert len(made) == 3
+    assert all(45 * DAY - 60 <= scenario.start - t <= 45 * DAY for t in made)
+
+
 def test_priors_and_reference_share_no_conversation_with_the_evaluation():
     import json
     import re

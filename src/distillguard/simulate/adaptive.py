@@ -1,6 +1,10 @@
 """The adaptive attacker: a search over ``heldout.Adaptive``'s parameters for the largest
 haul that is never acted on, against the detector as it stands (replay mode).
 
+With ``aged`` the space also holds bought accounts (``AGES``: made 45 or 180 days before,
+so detection holds them established) beside new ones; without it the search is the one
+it always was (the same draws, the same trials for a seed).
+
 Each candidate runs in the test split's world (its prompts, its benign background) with
 the default rules. Its score is the **undetected haul**: completion tokens served to
 its accounts before any action on them (a member acted on stops counting from then,
@@ -23,6 +27,9 @@ ACCOUNTS = (1, 2, 3, 5, 10, 20, 40)
 MAX_TOKENS = (256, 512, 1024, 2048, 4096)
 # Characters of unrelated "context" before each harvest question (0: none).
 PADS = (0, 0, 1000, 4000, 12000)
+# Days before the start that bought accounts were made (0: new accounts, made 3 days
+# before); drawn only by a search with ``aged``.
+AGES = (0.0, 0.0, 45.0, 180.0)
 # The light benign background of the search (the full test split measures FP rates).
 BACKGROUND = [("t_student", "people", {"accounts": 120, "show_work": 0.1,
                                        "sessions_per_day": 1.0}),
@@ -36,9 +43,9 @@ BACKGROUND = [("t_student", "people", {"accounts": 120, "show_work": 0.1,
 MAX_TARGET = 40000
 
 
-def sample(rng: random.Random) -> dict[str, Any]:
-    """A random point of the search space."""
-    return {
+def sample(rng: random.Random, aged: bool = False) -> dict[str, Any]:
+    """A random point of the search space (``aged``: with bought accounts' age)."""
+    point = {
         "accounts": rng.choice(ACCOUNTS),
         "per_account_rpm": round(math.exp(rng.uniform(math.log(0.05), math.log(20.0))), 3),
         "cover_share": round(rng.uniform(0.0, 0.9), 2),
@@ -52,12 +59,15 @@ def sample(rng: random.Random) -> dict[str, Any]:
         "greedy": rng.random() < 0.4,
         "pad": rng.choice(PADS),
     }
+    if aged:
+        point["aged_days"] = rng.choice(AGES)
+    return point
 
 
 def mutate(rng: random.Random, point: dict[str, Any]) -> dict[str, Any]:
     """``point`` with one to three parameters moved."""
     out = dict(point)
-    fresh = sample(rng)
+    fresh = sample(rng, aged="aged_days" in point)
     for key in rng.sample(sorted(point), k=rng.randint(1, 3)):
         if key == "per_account_rpm":
             out[key] = round(min(20.0, max(0.05, out[key] * math.exp(rng.gauss(0, 0.7)))), 3)
@@ -127,15 +137,16 @@ def evaluate(params: dict[str, Any], *, duration: float, seed: int,
 
 def search(*, budget: int = 12, duration: float = 6 * 3600.0, seed: int = 0,
            explore: float = 0.5, log: Callable[[Trial], None] | None = None,
-           base_settings: Any = None) -> list[Trial]:
-    """Random search (``explore`` of the budget), then (1+1)-ES around the best.
-    Returns every trial, best (largest undetected haul) first."""
+           base_settings: Any = None, aged: bool = False) -> list[Trial]:
+    """Random search (``explore`` of the budget), then (1+1)-ES around the best;
+    ``aged``: bought accounts' age is a parameter too. Returns every trial, best
+    (largest undetected haul) first."""
     rng = random.Random(seed)
     trials: list[Trial] = []
     best: Trial | None = None
     for i in range(budget):
-        point = sample(rng) if best is None or i < budget * explore else mutate(rng,
-                                                                             best.params)
+        point = sample(rng, aged) if best is None or i < budget * explore \
+            else mutate(rng, best.params)
         trial = evaluate(point, duration=duration, seed=seed + i, base_settings=base_settings)
         trials.append(trial)
         if log is not None:

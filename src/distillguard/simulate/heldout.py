@@ -373,7 +373,9 @@ class Adaptive(_TestCampaign):
     newest model's release; ``signup_spread`` spreads the accounts' creation; ``greedy``
     sends at temperature 0; ``pad`` puts that many characters of unrelated text before
     each harvest question as "context" (input the extraction signals subtract, paid for
-    as prompt tokens).
+    as prompt tokens); ``aged_days`` (0: accounts made 3 days before) buys accounts made
+    that many days before the start, past the 30 days after which detection holds an
+    account established.
     """
 
     kind = "t_adaptive"
@@ -394,9 +396,11 @@ class Adaptive(_TestCampaign):
         max_tokens: int = 2048
         greedy: bool = False  # temperature 0, as an evaluation harness sends
         pad: int = 0  # characters of unrelated "context" before each harvest question
+        aged_days: float = 0.0  # accounts bought this old (0: made 3 days before)
 
     def accounts(self) -> list[AccountSpec]:
-        return self._made(self.world.start - 3 * DAY, self.p.signup_spread)
+        age = self.p.aged_days or 3.0
+        return self._made(self.world.start - age * DAY, self.p.signup_spread)
 
     @property
     def harvest_start(self) -> float:
