@@ -65,8 +65,8 @@ class Framer(Campaign):
         start: float = 3600.0
         per_account_rpm: float = 4.0
         copy: bool = True
-        # Accounts 40-200 days old, each from its own /24: nothing but the template and
-        # the client ties them (what the fix spares; see the module docstring).
+        # Accounts 40-200 days old, each from its own /24 (unless ``prefix``): nothing but
+        # the template and the client ties them (what the fix spares; module docstring).
         aged: bool = False
         # Send from this /24 (``--rent``: a retrieval app's) instead of one of its own.
         prefix: str = ""

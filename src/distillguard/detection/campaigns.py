@@ -507,11 +507,11 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
            as_of: dict[str, tuple[Any, str]] | None = None) -> Campaign:
     evidence = []
     for kind in ("shared_template", "shared_infrastructure", "key_burst", "shared_signup"):
-        share = sum(1 for a in accts if kind in kinds_of[a]) / len(accts)
-        if share > 0:
-            having = [a for a in accts if kind in kinds_of[a]]
+        having = [a for a in accts if kind in kinds_of[a]]
+        if having:
+            share = len(having) / len(accts)
             evidence.append(Evidence(kind, LINK_WEIGHTS[kind] * share,
-                                     _describe(kind, accts, members, share, having)))
+                                     _describe(kind, accts, members, having)))
     # A shared client fingerprint only adds to a group other evidence formed: alone it
     # would join every user of one browser with default settings.
     clients: dict[Any, int] = defaultdict(int)
@@ -678,10 +678,10 @@ def _shared_asn(accts: list[str], as_of: dict[str, tuple[Any, str]],
                      f"{len(prefixes)} different address prefixes ({shown})")]
 
 
-def _describe(kind: str, accts: list[str], members: dict[str, Any], share: float,
+def _describe(kind: str, accts: list[str], members: dict[str, Any],
               having: list[str]) -> str:
     """The evidence in words; ``having``: the members that show it (its example)."""
-    n = round(share * len(accts))
+    n = len(having)
     if kind == "shared_template":
         return (f"{n} of {len(accts)} accounts repeat the same prompt template or wrapper "
                 f"(MinHash LSH of masked prompts, or the same first / last six words)")
