@@ -278,6 +278,10 @@ def test_split(args) -> dict:
           f"({100 * a['fpr']:.2f}%{bound}): {a['benign_acted_names'][:8]}; heavy legitimate users "
           f"refused: {heavy_refused or 'none'}; benign requests refused: "
           f"{f['throttled'] + f['blocked']:,} of {f['requests']:,}")
+    young = m["new_accounts"]
+    print(f"new-account allowance: {young['benign']} benign accounts younger than 30 days; "
+          f"the heaviest took {_tokens(young['heaviest_tokens'])} completion tokens, "
+          f"{young['largest_share_of_allowance']:.0%} of its allowance")
     goals = m["goals"]
     print(f"goals: every campaign acted {goals['every_campaign_acted']}; benign FPR <= 0.1% "
           f"{goals['benign_fpr_at_most_0.1pct']}; no heavy user blocked "

@@ -286,3 +286,79 @@ def test_the_calibrated_account_rule_reads_the_accounts_own_risk(engine, tmp_pat
                     'own = "yes"\n')
     with pytest.raises(SettingsError, match="own must be true or false"):
         load_rules(path)
+
+
+class _Keys:
+    """The key store as detection reads it: each account's first key time."""
+
+    def __init__(self, made: dict[str, float]) -> None:
+        from distillguard.telemetry.keys import KeyRecord
+
+        self.records = [KeyRecord(f"key_{a}", a, "sk-dg-t", t) for a, t in made.items()]
+
+    def list_keys(self, account=None):
+        return [r for r in self.records if account in (None, r.account)]
+
+
+def _plain_answers(account: str, n: int, out: int) -> list:
+    """What a busy application sends: plain questions, no reasoning asked, one every 4 s."""
+    import random
+
+    from test_detection import T0, TOPICS, event
+
+    rnd = random.Random(account)
+    return [event(account, T0 + 4.0 * i, f"user: what should I know about "
+                  f"{rnd.choice(TOPICS)} number {rnd.randint(1, 10**6)}?", out=out,
+                  params={"temperature": 0}, ua="OpenAI/Python 1.40.0", i=i)
+            for i in range(n)]
+
+
+def test_new_accounts_are_throttled_past_their_allowance_and_established_ones_are_not(
+        engine, clock):
+    from distillguard.detection.pipeline import DetectionPipeline
+    from distillguard.policy.rules import NEW_ACCOUNT_ALLOWANCE
+    from test_detection import T0
+
+    assert NEW_ACCOUNT_ALLOWANCE in DEFAULT_RULES
+    day = 86400.0
+    keys = _Keys({"fresh": T0 - 2 * day, "veteran": T0 - 200 * day, "light": T0 - day})
+    events = (_plain_answers("fresh", 1000, 512) + _plain_answers("veteran", 1000, 512)
+              + _plain_answers("light", 300, 512) + _plain_answers("keyless", 1000, 512))
+    pipeline = DetectionPipeline(store=keys)
+    for e in sorted(events, key=lambda e: e.ts):
+        pipeline.observe(e)
+    pipeline.refresh()
+    fresh = pipeline.account_risk("fresh")
+    assert fresh.served_tokens == 512_000 and 2 * day < fresh.age_s <= 2 * day + 4000
+    assert pipeline.account_risk("keyless").age_s is None
+    engine.rules = [NEW_ACCOUNT_ALLOWANCE]
+    engine.base_rpm = 60.0
+    changed = engine.evaluate(take_snapshot(pipeline, T0 + 4000))
+    # 512k taken two days in, over 250k + 2 x 100k; the same 512k from a 200-day-old
+    # account, 154k from a new one, and an account no key store knows are left alone.
+    assert [(a.account, a.kind) for a in changed] == [("fresh", "throttle")]
+    action = engine.current_action("fresh")
+    assert action.author == "rule:new-account-allowance"
+    assert "512,000 completion tokens" in action.reason and "allowance of 45" in action.reason
+    served = 0
+    for _ in range(15):  # a minute at its old pace: a tenth of it gets through
+        served += engine.admit("fresh").allowed
+        clock.now += 4.0
+    assert served <= 3
+
+
+def test_allowance_rules_load_and_bad_ones_name_the_field(tmp_path):
+    path = tmp_path / "dg.toml"
+    head = '[policy]\n[[policy.rules]]\nname = "tier"\naction = "throttle"\nrate_factor = 0.1\n'
+    path.write_text(head + 'max_age = "14d"\nallowance = 1000\nallowance_per_day = 10\n')
+    [rule] = load_rules(path)
+    assert (rule.max_age, rule.allowance_at(2 * 86400.0)) == (14 * 86400.0, 1020.0)
+    path.write_text(head + 'allowance = 1000\n')
+    with pytest.raises(SettingsError, match="allowance and allowance_per_day need max_age"):
+        load_rules(path)
+    path.write_text(head + 'max_age = "soon"\n')
+    with pytest.raises(SettingsError, match="max_age must be seconds"):
+        load_rules(path)
+    path.write_text(head + 'max_age = "1d"\nscope = "campaign"\n')
+    with pytest.raises(SettingsError, match="max_age applies only"):
+        load_rules(path)

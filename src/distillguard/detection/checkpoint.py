@@ -47,7 +47,7 @@ STATE_EXCLUDED = frozenset({
     "settings", "signals", "embedder", "topic_map", "elicitation", "store", "clock",
     "_lock", "_info", "min_events", "baseline_min_events", "max_accounts",
     "baseline_min_accounts", "priors", "signup_evidence", "sketch", "_sample_cut", "_observers",
-    "space",
+    "space", "_key_made", "_output_i",
 })
 _ALLOWED_MODULES = ("distillguard.", "numpy", "collections", "copyreg", "datetime")
 _ALLOWED_BUILTINS = frozenset({"set", "frozenset", "dict", "list", "tuple", "bytearray",

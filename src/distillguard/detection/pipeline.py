@@ -91,7 +91,10 @@ class AccountRisk:
 
     ``own_risk`` is from the account's own signals; ``campaign`` names the campaign
     whose risk lifted it, if any. ``groups`` holds the intent / automation / volume
-    scores that ``own_risk`` combines.
+    scores that ``own_risk`` combines. ``age_s`` is the account's age at its latest
+    request, from its first key (None when the key store does not know it);
+    ``served_tokens`` the completion tokens it has been served (the new-account
+    allowance rule reads both).
     """
 
     account: str
@@ -102,6 +105,8 @@ class AccountRisk:
     groups: dict[str, float]
     campaign: str | None = None
     refused: int = 0
+    age_s: float | None = None
+    served_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,6 +274,10 @@ class DetectionPipeline:
         self._baselines: dict[str, Baseline] = {}
         self._campaigns: list[Campaign] = []
         self._campaign_of: dict[str, Campaign] = {}
+        # Account -> when its first key was made, as of the last refresh.
+        self._key_made: dict[str, float] = {}
+        self._output_i = next((i for i, s in enumerate(self.signals)
+                               if s.name == "output_rate"), -1)
         # digest of the prompt -> (topic, close to an eliciting exemplar, embedding, sketch
         # features); repeated prompts pay once.
         self._info: OrderedDict[int, tuple[int, bool, np.ndarray | None,
@@ -473,6 +482,11 @@ class DetectionPipeline:
             refused = acct.refused
             own, groups, reasons = self._own(acct)
             campaign = self._campaign_of.get(account)
+            made = self._key_made.get(account)
+            age = max(0.0, acct.last_seen - made) if made is not None else None
+            # The output rate's state holds every completion token served (refused
+            # requests have none).
+            served = int(acct.states[self._output_i][2]) if self._output_i >= 0 else 0
         risk, name = own, None
         if campaign is not None:
             # Membership is always a reason, listed first: it is what an analyst checks.
@@ -482,7 +496,8 @@ class DetectionPipeline:
                               f"{campaign.risk:.2f}) with {len(campaign.members)} accounts: "
                               + "; ".join(e.message for e in campaign.evidence))] + reasons
         return AccountRisk(account, round(risk, 4), round(own, 4), acct.events, reasons,
-                           {g: round(v, 4) for g, v in groups.items()}, name, refused)
+                           {g: round(v, 4) for g, v in groups.items()}, name, refused,
+                           age, served)
 
     def signals_of(self, account: str) -> list[SignalReading]:
         """Every signal of the account with its value, strength and population baseline."""
@@ -611,6 +626,7 @@ class DetectionPipeline:
                                        if self.asn_table is not None else None)
             self._campaigns = campaigns
             self._campaign_of = {m: c for c in campaigns for m in c.core}
+            self._key_made = key_times
             self.refreshed_at = time.time()
         return campaigns
 

@@ -31,6 +31,7 @@ from distillguard.telemetry.store import VERSION_UNKNOWN
 
 if TYPE_CHECKING:
     from distillguard.config import Settings
+    from distillguard.detection.pipeline import AccountRisk
     from distillguard.detection.snapshot import DetectionSnapshot
     from distillguard.policy.store import ActionStore
 
@@ -193,6 +194,11 @@ class PolicyEngine:
             for account, risk in snapshot.risks.items():
                 strengths = {r.signal: r.strength for r in risk.reasons}
                 for rule in account_rules:
+                    if rule.max_age is not None:
+                        why = _over_allowance(rule, risk)
+                        if why is not None:
+                            want(account, rule, why)
+                        continue
                     value = risk.own_risk if rule.own else risk.risk
                     if value < rule.min_risk or risk.events < rule.min_events:
                         continue
@@ -248,3 +254,18 @@ class PolicyEngine:
     def close(self) -> None:
         """Release the action store."""
         self.store.close()
+
+
+def _over_allowance(rule: Rule, risk: AccountRisk) -> str | None:
+    """Why a new-account allowance rule (``Rule.max_age``) holds for the account, or None
+    (also when its age is unknown: the key store has no key for it)."""
+    age, young = risk.age_s, rule.max_age
+    if age is None or young is None or age >= young or risk.events < rule.min_events:
+        return None
+    allowed = rule.allowance_at(age)
+    if risk.served_tokens <= allowed:
+        return None
+    return (f"a new account ({age / 86400:.1f} days old, under {young / 86400:g}) was "
+            f"served {risk.served_tokens:,} completion tokens, over its allowance of "
+            f"{allowed:,.0f} ({rule.allowance:,.0f} plus {rule.allowance_per_day:,.0f} "
+            f"per day of age); own risk {risk.own_risk:.2f}")

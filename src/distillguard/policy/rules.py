@@ -18,6 +18,14 @@ Rules live in the ``[policy]`` section of the file named by the ``policy_file`` 
     min_events = 20               # and at least this many events from the account
     rate_factor = 0.2             # throttle only: requests per minute times this
     reason = "free text"          # shown to analysts; default: the rule and the risk
+    max_age = "30d"               # only accounts whose first key is younger than this,
+    allowance = 250000            # ... that were served more completion tokens than
+    allowance_per_day = 100000    # ... this plus this per day of the account's age
+
+A rule with ``max_age`` is a **new-account allowance**: what an account may take before
+it has a history (see ``NEW_ACCOUNT_ALLOWANCE``). It needs no risk at all: an account
+with no visible intent that takes answers at volume from its first day looks like a busy
+application per request, and what tells them apart is that nobody knows it yet.
 
 Without a policy file, ``DEFAULT_RULES`` apply. When several rules match an account
 the most severe action wins (block > challenge > throttle > degrade > allow).
@@ -56,6 +64,13 @@ class Rule:
     # How the threshold was set (a calibrated rule quotes its calibration).
     note: str | None = None
     own: bool = False
+    max_age: float | None = None
+    allowance: float = 0.0
+    allowance_per_day: float = 0.0
+
+    def allowance_at(self, age_s: float) -> float:
+        """Completion tokens an account of this age may have been served (``max_age``)."""
+        return self.allowance + self.allowance_per_day * age_s / 86400.0
 
 
 # The uncalibrated rules (kept for a package without ``detection/calibration.json``).
@@ -79,6 +94,20 @@ FIXED_RULES = (
          signal="elicitation", min_strength=0.8),
 )
 
+# The new-account allowance in the defaults: an account younger than 30 days (when
+# ``detection.campaigns`` counts one as established) that has been served more than
+# 250k completion tokens plus 100k per day of its age is throttled to a tenth of its own
+# rate for a day, and again while it stays young and over. About what a usage tier gives
+# a new customer: a person asking all evening takes some 10-50k tokens a day; an
+# application that needs millions on its first day is one an analyst allows by hand
+# (an analyst's ``allow`` exempts the account from every rule). The adaptive attacker
+# found new accounts taking plain answers at 15 a minute, 1.6M tokens each in 6 h with
+# no visible intent, scored like a busy retrieval app.
+NEW_ACCOUNT_ALLOWANCE = Rule(
+    "new-account-allowance", "throttle", ttl=86400.0, rate_factor=0.1,
+    max_age=30 * 86400.0, allowance=250_000.0, allowance_per_day=100_000.0,
+    note="new accounts: 250k completion tokens plus 100k per day of age, until 30 days old")
+
 
 
 
@@ -94,7 +123,7 @@ def calibrated_rules(calibration: dict[str, Any] | None, *,
     carries the thresholds for detection without them apart
     (``without_embeddings``); ``embeddings`` picks the one that matches."""
     if not calibration:
-        return FIXED_RULES
+        return FIXED_RULES + (NEW_ACCOUNT_ALLOWANCE,)
     if not embeddings and calibration.get("embeddings") and \
             calibration.get("without_embeddings"):
         calibration = calibration["without_embeddings"]
@@ -114,6 +143,7 @@ def calibrated_rules(calibration: dict[str, Any] | None, *,
              scope="campaign", min_link=0.6,
              note=f"threshold {camp['min_risk']:.2f} above every benign account and "
                   f"benign group ({note})"),
+        NEW_ACCOUNT_ALLOWANCE,
     )
 
 
@@ -128,7 +158,7 @@ DEFAULT_RULES = _default_rules()
 DEFAULT_RULES_WITHOUT_EMBEDDINGS = _default_rules(embeddings=False)
 
 
-def parse_duration(value: Any, where: str) -> float | None:
+def parse_duration(value: Any, where: str, field: str = "ttl") -> float | None:
     """Seconds from a number or a string like ``90s``, ``15m``, ``6h``, ``7d``."""
     if value is None:
         return None
@@ -137,11 +167,11 @@ def parse_duration(value: Any, where: str) -> float | None:
     else:
         match = _DURATION.match(str(value))
         if not match:
-            raise SettingsError(f"{where}: ttl must be seconds or like '15m', '6h', '7d', "
-                                f"got {value!r}")
+            raise SettingsError(f"{where}: {field} must be seconds or like '15m', '6h', "
+                                f"'7d', got {value!r}")
         seconds = float(match.group(1)) * _UNIT[match.group(2)]
     if seconds <= 0:
-        raise SettingsError(f"{where}: ttl must be positive, got {value!r}")
+        raise SettingsError(f"{where}: {field} must be positive, got {value!r}")
     return seconds
 
 
@@ -178,7 +208,10 @@ def parse_rules(section: Any, source: str) -> list[Rule]:
                 min_events=int(item.get("min_events", 0)),
                 rate_factor=(float(item["rate_factor"]) if "rate_factor" in item else None),
                 reason=item.get("reason"), min_link=float(item.get("min_link", 0.0)),
-                note=item.get("note"), own=item.get("own", False))
+                note=item.get("note"), own=item.get("own", False),
+                max_age=parse_duration(item.get("max_age"), where, "max_age"),
+                allowance=float(item.get("allowance", 0.0)),
+                allowance_per_day=float(item.get("allowance_per_day", 0.0)))
             check_action(rule.action, rule.rate_factor)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{where}: {exc}") from None
@@ -194,6 +227,12 @@ def parse_rules(section: Any, source: str) -> list[Rule]:
             raise SettingsError(f"{where}: own must be true or false")
         if rule.own and rule.scope != "account":
             raise SettingsError(f"{where}: own applies only to scope = 'account'")
+        if rule.max_age is None and (rule.allowance or rule.allowance_per_day):
+            raise SettingsError(f"{where}: allowance and allowance_per_day need max_age")
+        if rule.max_age is not None and rule.scope != "account":
+            raise SettingsError(f"{where}: max_age applies only to scope = 'account'")
+        if rule.allowance < 0 or rule.allowance_per_day < 0:
+            raise SettingsError(f"{where}: allowance and allowance_per_day must be >= 0")
         if rule.signal is not None:
             from distillguard.detection.signals import signal_names
 

@@ -127,6 +127,7 @@ def compute(rec: Recorder, risks: dict[str, float], info: dict[str, Any]) -> dic
                         and all(haul_ok.values()) and goals["no_heavy_user_blocked"])
     names = [s.name for s in specs]
     return {
+        "new_accounts": _new_accounts(rec, benign),
         **info,
         "totals": {"accounts": len(traffic.accounts), "accounts_active": len(specs),
                    "requests": rec.events, "detection_rounds": rec.rounds,
@@ -194,3 +195,18 @@ def _duration(seconds: float) -> str:
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} d"
+
+
+def _new_accounts(rec: Recorder, benign: list[Any]) -> dict[str, Any]:
+    """Benign accounts under the new-account allowance's age (``policy.rules``) at the
+    run's end, and the largest share of its allowance one of them took."""
+    from distillguard.policy.rules import NEW_ACCOUNT_ALLOWANCE as rule
+
+    end = rec.traffic.world.end
+    young = [(s.name, end - s.key_created_at) for s in benign
+             if rule.max_age is not None and end - s.key_created_at < rule.max_age]
+    shares = sorted(((rec.acct[n].tokens / rule.allowance_at(age), n, rec.acct[n].tokens)
+                     for n, age in young), reverse=True)
+    top = shares[0] if shares else (0.0, None, 0)
+    return {"benign": len(young), "heaviest": top[1], "heaviest_tokens": top[2],
+            "largest_share_of_allowance": round(top[0], 4)}
