@@ -710,9 +710,13 @@ class ClientChurnSignal(_Builtin):
 HAUL_MIN_SPAN_S = 3 * 3600.0
 # The same floor for a linked group's pooled haul (``_Haul.merge``): its members' burst
 # is one operation's, not one person's. On the calibration split the topic sweep's
-# campaign was refused after 10 minutes instead of 18 with it, and the benign group of
-# linked retrieval apps rose from 0.24 to 0.27 (its first hour, projected to a day).
-CAMPAIGN_HAUL_MIN_SPAN_S = 3600.0
+# campaign was refused after 10 minutes instead of 18 with an hour, and the benign group
+# of linked retrieval apps rose from 0.24 to 0.27 (its first hour, projected to a day).
+# A quarter of an hour since established accounts tied only by copyable evidence are
+# judged apart (``campaigns._apart``): the sweep was refused after 4 minutes instead of 9
+# (3 with its rotation counted as intent, ``campaigns._score``), and the highest benign
+# group's risk stayed 0.186 (calibration split, 24 h, embeddings off).
+CAMPAIGN_HAUL_MIN_SPAN_S = 900.0
 # The share of an answer that counts as taken however long the prompt was: padding a
 # question with unrelated text hides at most the rest.
 HAUL_FLOOR = 0.25
@@ -742,8 +746,9 @@ class _Haul(_Builtin):
     to nothing (two accounts took 5.4M tokens in 6 h, never acted on).
 
     A linked group's pooled haul is projected over at least
-    ``CAMPAIGN_HAUL_MIN_SPAN_S`` (an hour) instead of ``HAUL_MIN_SPAN_S``: the longer
-    floor spares one person's burst, and a group of linked accounts is not one person.
+    ``CAMPAIGN_HAUL_MIN_SPAN_S`` (a quarter of an hour) instead of ``HAUL_MIN_SPAN_S``:
+    the longer floor spares one person's burst, and a group of linked accounts is not
+    one person.
     """
 
     group = "extraction"

@@ -616,6 +616,11 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
     # users ask about everything, gained it as much as the topic sweep and rose from
     # 0.27 to 0.33, above where the sweep is refused; as ``coverage`` is for one account.
     parts["automation"].extend(e.strength for e in evidence if e.kind == "synchronised_timing")
+    # Members each hiding where they send from (a new address and agent on nearly every
+    # request) is intent as well as a tie: people and apps come back from a few places.
+    # On the calibration split no benign group rotates; the topic sweep was refused
+    # after 7 minutes instead of 9 with it.
+    parts["intent"].extend(e.strength for e in evidence if e.kind == "rotating_clients")
     groups = {g: 1.0 - math.prod(1.0 - p for p in ps) for g, ps in parts.items()}
     harvest = combine(groups)
     risk = link * harvest if len(accts) >= MIN_MEMBERS else 0.0
