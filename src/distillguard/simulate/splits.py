@@ -68,7 +68,13 @@ def build(split: str, *, duration: float = DAY, seed: int | None = None,
                                              "start": 14400.0}),
                    ("reasoning_trace", "traces", {"accounts": 10, "target": 10000}),
                    ("topic_sweep", "sweep", {"accounts": 5, "target": 5000}),
-                   ("mimic", "mimic", {"accounts": 20, "target": 3000})]
+                   ("mimic", "mimic", {"accounts": 20, "target": 3000}),
+                   # The sweep unlinked: sign-ups over four days, one address and agent
+                   # of its own per account (the test split's sweep took 26 minutes).
+                   ("topic_sweep", "sweep-apart", {"accounts": 5, "target": 5000,
+                                                   "start": 10800.0,
+                                                   "signup_spread": 4 * DAY,
+                                                   "rotate": False})]
         seed = 11 if seed is None else seed
     else:
         people = [("t_student", "people", {"accounts": 200, "show_work": 0.1,

@@ -314,9 +314,14 @@ class TopicSweep(Campaign):
         start: float = 3600.0
         per_account_rpm: float = 3.0
         max_tokens: int = 2048
+        # Keys made over this many seconds, from a day before the start.
+        signup_spread: float = 1800.0
+        # A new residential address on every request; False: one address and one agent
+        # of its own per account.
+        rotate: bool = True
 
     def accounts(self) -> list[AccountSpec]:
-        return self._burst_accounts(1800.0, DAY)
+        return self._burst_accounts(self.p.signup_spread, DAY)
 
     def requests(self) -> Iterator[SimRequest]:
         w, rng = self.world, self.rng
@@ -325,13 +330,18 @@ class TopicSweep(Campaign):
         k = 0
         for i, count in enumerate(self._share()):
             account = self.account_name(i)
+            home, agent = None, "OpenAI/Python 1.40.0"
+            if not self.p.rotate:  # drawn only then: the default draws what it always did
+                home = residential_addr(rng)
+                agent = f"OpenAI/Python 1.{rng.randint(30, 59)}.{rng.randint(0, 9)}"
             for t in self._steady(rng, w.start + self.p.start, self.p.per_account_rpm, count):
                 subject, aspect = grid[k % len(grid)]
                 k += 1
                 text = rng.choice(_PARAPHRASES).format(a=aspect, s=subject)
                 yield SimRequest(t, account, (("user", text),), params,
-                                 w.model_at(t, rng, adopt=1.0), residential_addr(rng),
-                                 "OpenAI/Python 1.40.0", self.name)
+                                 w.model_at(t, rng, adopt=1.0),
+                                 home or residential_addr(rng),
+                                 agent, self.name)
 
 
 @register
