@@ -37,6 +37,9 @@ async def test_accounts_ranked_by_risk_with_reasons(harness):
         signals = {s["signal"]: s for s in detail["signals"]}
         assert signals["elicitation"]["value"] == 1.0
         assert signals["elicitation"]["baseline"]["accounts"] > 10
+        # What the new-account allowance reads: 200 answers of 1,500 tokens; no key in
+        # the store for this account, so no age.
+        assert detail["served_tokens"] == 300_000 and detail["age_s"] is None
 
 
 async def test_analyst_block_applies_to_the_next_request_and_is_audited(harness):
