@@ -340,11 +340,23 @@ def test_new_accounts_are_throttled_past_their_allowance_and_established_ones_ar
     action = engine.current_action("fresh")
     assert action.author == "rule:new-account-allowance"
     assert "512,000 completion tokens" in action.reason and "allowance of 45" in action.reason
-    served = 0
+    from distillguard.gateway import admission, errors
+    from distillguard.gateway.context import RequestContext
+
+    served, refusals = 0, []
     for _ in range(15):  # a minute at its old pace: a tenth of it gets through
-        served += engine.admit("fresh").allowed
+        ctx = RequestContext("/v1/chat/completions", "203.0.113.9", "sdk", ts=clock.now)
+        ctx.account = "fresh"
+        try:
+            admission.admit(engine, ctx)
+            served += 1
+        except errors.RateLimited as exc:
+            refusals.append(exc)
         clock.now += 4.0
     assert served <= 3
+    # The customer is told why, as the OpenAI shape carries it.
+    body = refusals[0].body()["error"]
+    assert body["code"] == "new_account_allowance" and "is new" in body["message"]
 
 
 def test_allowance_rules_load_and_bad_ones_name_the_field(tmp_path):

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 NEUTRAL_BLOCK = "This account cannot use the API. Contact support if you think this is a mistake."
 CHALLENGE = "This account must be verified again before it can use the API."
+ALLOWANCE = ("This account is new and has been served the completion tokens a new account "
+             "may take, so it is slowed down until it is established or an administrator "
+             "raises its limit.")
 BACKLOG_RETRY_S = 5
 
 
@@ -53,8 +56,20 @@ def admit(policy: PolicyEngine, ctx: RequestContext, *,
             code="account_challenge_required",
             headers={"Link": f'<{url}>; rel="verify"'} if url else None)
     retry = _retry_s(decision.retry_after)
+    headers = {"Retry-After": str(retry)}
+    if action is not None and _by_allowance(policy, action.author):
+        # The allowance is documented; saying so lets a new customer ask for more.
+        raise errors.RateLimited(f"{ALLOWANCE} Try again in {retry} s.",
+                                 code="new_account_allowance", headers=headers)
     raise errors.RateLimited(f"Rate limit reached for this account. Try again in {retry} s.",
-                             headers={"Retry-After": str(retry)})
+                             headers=headers)
+
+
+def _by_allowance(policy: PolicyEngine, author: str) -> bool:
+    """Whether a throttle was set by a new-account allowance rule (``Rule.max_age``)."""
+    name = author.removeprefix("rule:")
+    return author != name and any(r.name == name and r.max_age is not None
+                                  for r in policy.rules)
 
 
 async def check_rate(limiter: RateLimiter, ctx: RequestContext) -> None:
