@@ -374,3 +374,18 @@ def test_allowance_rules_load_and_bad_ones_name_the_field(tmp_path):
     path.write_text(head + 'max_age = "1d"\nscope = "campaign"\n')
     with pytest.raises(SettingsError, match="max_age applies only"):
         load_rules(path)
+
+
+def test_an_allowance_rule_honours_the_other_conditions_it_sets(engine):
+    """``min_risk`` on an allowance rule is one more condition, not ignored."""
+    import dataclasses
+
+    from distillguard.detection.pipeline import AccountRisk
+    from distillguard.policy.rules import NEW_ACCOUNT_ALLOWANCE
+
+    young = AccountRisk("young", 0.1, 0.1, 500, [], {}, age_s=86400.0, served_tokens=10**6)
+    snapshot = DetectionSnapshot(0.0, {"young": young}, (young,), (), {}, {})
+    engine.rules = [dataclasses.replace(NEW_ACCOUNT_ALLOWANCE, min_risk=0.5)]
+    assert engine.evaluate(snapshot) == []
+    engine.rules = [NEW_ACCOUNT_ALLOWANCE]
+    assert [a.account for a in engine.evaluate(snapshot)] == ["young"]

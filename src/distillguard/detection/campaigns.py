@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from distillguard.detection.signals import GROUPS, Baseline, EventFeatures
+from distillguard.detection.signals import ESTABLISHED_S, GROUPS, Baseline, EventFeatures
 
 MIN_MEMBERS = 3
 # Keys created closer than this (or, where sign-ups are rare, closer than a twentieth of
@@ -73,10 +73,9 @@ ROTATING_CHURN = 0.8
 # accounts were as old as the app's). Members that each rotate are tied too: an honest
 # account does not rotate because an attacker does.
 HARD_KINDS = ("key_burst", "shared_signup")
-# An account whose first key is at least this old is established: a group of such
-# accounts tied to the rest of a campaign only by copyable evidence is judged apart
-# (``_apart``), so a newcomer copying their template cannot lend them its risk.
-ESTABLISHED_S = 30 * 86400.0
+# ``ESTABLISHED_S`` (``signals``): a group of established accounts tied to the rest of a
+# campaign only by copyable evidence is judged apart (``_apart``), so a newcomer copying
+# their template cannot lend them its risk.
 # One autonomous system is weaker than one /24: a large ISP or cloud carries many
 # honest users. So, like a client fingerprint, it never pulls an account into a group:
 # it ties together members that other evidence grouped and that send from different

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from distillguard.telemetry.events import RequestEvent
 
 GROUPS = ("intent", "automation", "volume", "extraction")
+# An account whose first key is at least this old is established: campaigns judge a
+# group of such accounts tied to the rest only by copyable evidence apart
+# (``campaigns._apart``), and the new-account allowance (``policy.rules``) ends here.
+ESTABLISHED_S = 30 * 86400.0
 
 
 @dataclasses.dataclass(slots=True)

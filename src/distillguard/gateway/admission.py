@@ -67,9 +67,7 @@ def admit(policy: PolicyEngine, ctx: RequestContext, *,
 
 def _by_allowance(policy: PolicyEngine, author: str) -> bool:
     """Whether a throttle was set by a new-account allowance rule (``Rule.max_age``)."""
-    name = author.removeprefix("rule:")
-    return author != name and any(r.name == name and r.max_age is not None
-                                  for r in policy.rules)
+    return any(author == f"rule:{r.name}" for r in policy.rules if r.max_age is not None)
 
 
 async def check_rate(limiter: RateLimiter, ctx: RequestContext) -> None:

@@ -194,15 +194,15 @@ class PolicyEngine:
             for account, risk in snapshot.risks.items():
                 strengths = {r.signal: r.strength for r in risk.reasons}
                 for rule in account_rules:
-                    if rule.max_age is not None:
-                        why = _over_allowance(rule, risk)
-                        if why is not None:
-                            want(account, rule, why)
-                        continue
                     value = risk.own_risk if rule.own else risk.risk
                     if value < rule.min_risk or risk.events < rule.min_events:
                         continue
                     if rule.signal and strengths.get(rule.signal, 0.0) < rule.min_strength:
+                        continue
+                    if rule.max_age is not None:
+                        why = _over_allowance(rule, risk)
+                        if why is not None:
+                            want(account, rule, why)
                         continue
                     reasons = [r for r in risk.reasons
                                if not (rule.own and r.signal == "campaign")]
@@ -260,7 +260,7 @@ def _over_allowance(rule: Rule, risk: AccountRisk) -> str | None:
     """Why a new-account allowance rule (``Rule.max_age``) holds for the account, or None
     (also when its age is unknown: the key store has no key for it)."""
     age, young = risk.age_s, rule.max_age
-    if age is None or young is None or age >= young or risk.events < rule.min_events:
+    if age is None or young is None or age >= young:
         return None
     allowed = rule.allowance_at(age)
     if risk.served_tokens <= allowed:

@@ -23,7 +23,8 @@ Rules live in the ``[policy]`` section of the file named by the ``policy_file`` 
     allowance_per_day = 100000    # ... this plus this per day of the account's age
 
 A rule with ``max_age`` is a **new-account allowance**: what an account may take before
-it has a history (see ``NEW_ACCOUNT_ALLOWANCE``). It needs no risk at all: an account
+it has a history (see ``NEW_ACCOUNT_ALLOWANCE``). It is one more condition beside the
+others (``min_risk`` and the rest still apply when set), and needs no risk: an account
 with no visible intent that takes answers at volume from its first day looks like a busy
 application per request, and what tells them apart is that nobody knows it yet.
 
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from distillguard.config import SettingsError
+from distillguard.detection.signals import ESTABLISHED_S
 from distillguard.policy.actions import check_action
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -105,10 +107,8 @@ FIXED_RULES = (
 # no visible intent, scored like a busy retrieval app.
 NEW_ACCOUNT_ALLOWANCE = Rule(
     "new-account-allowance", "throttle", ttl=86400.0, rate_factor=0.1,
-    max_age=30 * 86400.0, allowance=250_000.0, allowance_per_day=100_000.0,
+    max_age=ESTABLISHED_S, allowance=250_000.0, allowance_per_day=100_000.0,
     note="new accounts: 250k completion tokens plus 100k per day of age, until 30 days old")
-
-
 
 
 def calibrated_rules(calibration: dict[str, Any] | None, *,

@@ -205,8 +205,7 @@ def _new_accounts(rec: Recorder, benign: list[Any]) -> dict[str, Any]:
     end = rec.traffic.world.end
     young = [(s.name, end - s.key_created_at) for s in benign
              if rule.max_age is not None and end - s.key_created_at < rule.max_age]
-    shares = sorted(((rec.acct[n].tokens / rule.allowance_at(age), n, rec.acct[n].tokens)
-                     for n, age in young), reverse=True)
-    top = shares[0] if shares else (0.0, None, 0)
+    top = max(((rec.acct[n].tokens / rule.allowance_at(age), n, rec.acct[n].tokens)
+               for n, age in young), default=(0.0, None, 0))
     return {"benign": len(young), "heaviest": top[1], "heaviest_tokens": top[2],
             "largest_share_of_allowance": round(top[0], 4)}
