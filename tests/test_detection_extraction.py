@@ -81,8 +81,11 @@ def test_rotating_proxies_or_agents_churn_and_people_do_not():
     # A person who gets a new address for every session of three requests.
     sessions = [f"90.{i // 3}.{i // 3}.4" for i in range(120)]
     assert churn(sessions) < 0.6 and sig.strength(churn(sessions), None) == 0.0
-    # Too few requests say nothing.
-    assert churn(pool[:5]) is None
+    # Five requests are enough to tell (a swarm member at a request a minute shows it
+    # within minutes, not after ten), too few say nothing.
+    assert churn(pool[:5]) >= 0.8
+    assert churn(sessions[:5]) < 0.6
+    assert churn(pool[:4]) is None
 
 
 class Keys:
@@ -127,6 +130,33 @@ def test_accounts_made_together_that_each_rotate_addresses_are_tied_by_it():
     # Hiding where each member sends from is intent too: the same traffic scores higher.
     assert rotating[0].groups["intent"] > steady[0].groups["intent"]
     assert rotating[0].harvest > steady[0].harvest
+
+
+def test_a_key_burst_whose_members_rotate_agents_is_one_burst():
+    """Keys made together are split by the agent each member sends with; a member that
+    rotates its agent has none, so the burst's rotating members stay together (before,
+    each was bucketed by whichever agent of its list came up most, and nothing tied
+    them), and a member of the burst with an agent of its own is not pulled in."""
+    names = [f"s{m}" for m in range(6)]
+    agents = [f"Mozilla/5.0 (Windows NT 10.0) Chrome/{118 + j}.0" for j in range(9)]
+    p = DetectionPipeline(store=Keys(names))
+    i = 0
+    for k in range(8):
+        for m, name in enumerate(names):
+            steady = name == "s5"
+            q = (f"Draft a polite reply to customer ticket {k * 31} about a late parcel."
+                 if steady else f"Tell me about subject {k * 7 + m}.")
+            p.observe(event(name, T0 + 60 * k + m, q, i=i, out=600,
+                            addr="198.51.100.7" if steady else f"{20 + k}.{m * 40 + k}.3.9",
+                            ua="curl/8.5" if steady else agents[(3 * k + 5 * m) % 9]))
+            i += 1
+    p.refresh()
+    camps = p.campaigns()
+    assert camps and sorted(camps[0].members) == names[:5]
+    burst = next(e.message for e in camps[0].evidence if e.kind == "key_burst")
+    assert burst.startswith("5 of 5 accounts had their first key created in one burst")
+    # Tied by two kinds each (the burst and their rotation): core, so rules reach them.
+    assert sorted(camps[0].core) == names[:5]
 
 
 def test_a_linked_groups_burst_is_measured_over_a_quarter_hour_not_three():

@@ -55,7 +55,7 @@ class _Ratio(_Builtin):
     group = "automation"
     weight = 0.3
     lo, hi = 0.5, 0.9
-    min_requests = 10
+    min_requests = 5
     what = ""
 
     def new_state(self) -> list[int]:
@@ -672,7 +672,7 @@ class ClientChurnSignal(_Builtin):
     weight = 0.35
     description = ("share of requests from an address prefix and user agent the account "
                    "had not used before")
-    min_requests = 10
+    min_requests = 5
 
     def new_state(self) -> list[Any]:
         return [0, 0, set()]  # requests from a new pair, requests, pairs seen

@@ -64,6 +64,8 @@ LINK_WEIGHTS = {"shared_template": 0.6, "shared_infrastructure": 0.5, "key_burst
 # A member whose share of requests from a new (address prefix, user agent) pair is at
 # least this rotates them (``builtin.ClientChurnSignal``).
 ROTATING_CHURN = 0.8
+# The user agent a key burst's rotating members are bucketed by (``find_campaigns``).
+ROTATING_AGENT = "\x00rotating"
 # Evidence an outsider cannot put on someone else's account: keys made in one burst or
 # one sign-up. A template, a client fingerprint, an autonomous system and active
 # minutes can be copied from an honest app (a framework's default prompt, a popular SDK,
@@ -291,6 +293,10 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
             if count >= MIN_TEMPLATE_REPEATS:
                 buckets[("shared_template", band)].append(name)
     # Key-creation bursts: runs of keys created close together, split by user agent.
+    # A member that rotates its agent has no agent of its own to split by (its most
+    # used one is whichever of its list came up most): the rotating members of a burst
+    # are one bucket.
+    rotating = set(_rotating_members(list(members), members))
     timed = sorted((t, a) for a, t in key_times.items() if a in members)
     gap = burst_gap([t for t, _ in timed])
     run: list[str] = []
@@ -300,7 +306,8 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
         if t - last > gap:
             if len(run) >= MIN_MEMBERS:
                 for acct in run:
-                    agent = members[acct][1].top(members[acct][1].agents)
+                    agent = ROTATING_AGENT if acct in rotating \
+                        else members[acct][1].top(members[acct][1].agents)
                     buckets[("key_burst", (burst, agent))].append(acct)
                 burst += 1
             run = []
