@@ -17,10 +17,10 @@ from markupsafe import Markup
 
 from distillguard.console import svg
 from distillguard.detection.campaigns import (
+    BURST_GAP_S,
     MIN_CLIENT_REPEATS,
     MIN_TEMPLATE_REPEATS,
     ROTATING_CHURN,
-    burst_gaps,
 )
 
 MAX_NODES = 48
@@ -61,12 +61,11 @@ def _buckets(gateway: Any, members: list[str]) -> dict[tuple[str, Any], list[str
         if len(set(prefixes.values())) >= 2:
             buckets[("shared_asn", system)] = list(prefixes)
     first_key.sort()
-    gaps = burst_gaps([t for t, _ in first_key]) + [0.0]
     burst: list[str] = []
     last = None
     n = 0
-    for i, (t, m) in enumerate(first_key + [(float("inf"), "")]):
-        if last is not None and t - last > gaps[i - 1]:
+    for t, m in first_key + [(float("inf"), "")]:
+        if last is not None and t - last > BURST_GAP_S:
             if len(burst) >= 2:
                 buckets[("key_burst", n)] = burst
                 n += 1

@@ -47,16 +47,11 @@ import numpy as np
 from distillguard.detection.signals import ESTABLISHED_S, GROUPS, Baseline, EventFeatures
 
 MIN_MEMBERS = 3
-# Keys created closer together than a twentieth of the mean gap between the sign-ups
-# around them (within ``BURST_WINDOW_S`` either side) form a burst, between
-# BURST_GAP_S and BURST_GAP_MAX_S: a swarm that creates its keys over a quarter of an
-# hour is still one burst on a quiet service, and where thousands sign up a day,
-# keys seconds apart are no burst. The mean is local, not over every key's history: a
-# day of 3,000 sign-ups inside a year of a few a day was chained into one "burst" of
-# 2,559 accounts when the gap came from the year's mean (487 s) with a floor of 120 s.
-BURST_GAP_S = 5.0
+# Keys created closer than this (or, where sign-ups are rare, closer than a twentieth of
+# the mean gap between sign-ups, up to BURST_GAP_MAX_S) form a burst: a swarm that
+# creates its keys over a quarter of an hour is still one burst on a quiet service.
+BURST_GAP_S = 120.0
 BURST_GAP_MAX_S = 900.0
-BURST_WINDOW_S = 86400.0
 # Bottom-k sketch of active minutes: the k smallest minute hashes estimate Jaccard.
 _TIMING_K = 32
 # A client fingerprint (agent + exact parameters) is weak: every user of one app with
@@ -303,12 +298,12 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
     # are one bucket.
     rotating = set(_rotating_members(list(members), members))
     timed = sorted((t, a) for a, t in key_times.items() if a in members)
-    gaps = burst_gaps([t for t, _ in timed]) + [0.0]
+    gap = burst_gap([t for t, _ in timed])
     run: list[str] = []
     last = -math.inf
     burst = 0
-    for i, (t, a) in enumerate(timed + [(math.inf, "")]):
-        if t - last > gaps[i - 1]:
+    for t, a in timed + [(math.inf, "")]:
+        if t - last > gap:
             if len(run) >= MIN_MEMBERS:
                 for acct in run:
                     agent = ROTATING_AGENT if acct in rotating \
@@ -452,27 +447,16 @@ def _systems(members: dict[str, Any], asn: Callable[[str], Any],
     return {a: v for a, v in out.items() if sizes[v[0]] <= limit}
 
 
-def burst_gaps(times: list[float]) -> list[float]:
-    """For sorted key-creation ``times``, the largest gap after each one (to the next)
-    that still counts as one burst.
+def burst_gap(times: list[float]) -> float:
+    """The largest gap between key creations that still counts as one burst.
 
-    A twentieth of the mean gap between sign-ups within ``BURST_WINDOW_S`` either side
-    of the pair (the window's length over the keys made in it), between ``BURST_GAP_S``
-    and ``BURST_GAP_MAX_S``. Over the whole window, not the span of the keys in it, so
-    that a swarm alone on a quiet day does not set its own gap: any run of keys made
-    within about a tenth of the window (2.4 h) stays one burst, however many. Local, not
-    over all of history: how often people sign up changes (a launch, a holiday) and a
-    service grows, and chaining by the year's mean joined a busy day's unrelated
-    sign-ups into one run.
+    A twentieth of the mean gap between sign-ups (their span over their number): a
+    swarm's own tight gaps move the mean little, where they would drag a median down.
     """
-    out = []
-    for i in range(len(times) - 1):
-        mid = (times[i] + times[i + 1]) / 2.0
-        lo = bisect.bisect_left(times, mid - BURST_WINDOW_S)
-        hi = bisect.bisect_right(times, mid + BURST_WINDOW_S)
-        mean_gap = 2 * BURST_WINDOW_S / max(hi - lo, 1)
-        out.append(max(BURST_GAP_S, min(BURST_GAP_MAX_S, mean_gap / 20.0)))
-    return out
+    if len(times) < 2 * MIN_MEMBERS:
+        return BURST_GAP_S
+    mean_gap = (times[-1] - times[0]) / (len(times) - 1)
+    return max(BURST_GAP_S, min(BURST_GAP_MAX_S, mean_gap / 20.0))
 
 
 def _merge_by_client(uf: _UnionFind, kinds_of: dict[str, set[str]],
@@ -721,6 +705,6 @@ def _describe(kind: str, accts: list[str], members: dict[str, Any],
         return (f"{n} of {len(accts)} accounts signed up with the same client fingerprint "
                 f"or the same e-mail domain from the same address prefix")
     return (f"{n} of {len(accts)} accounts had their first key created in one burst "
-            f"(each within a twentieth of the mean gap between the sign-ups around it)")
+            f"(gaps under {BURST_GAP_S:.0f} s)")
 
 
