@@ -132,6 +132,17 @@ def test_accounts_made_together_that_each_rotate_addresses_are_tied_by_it():
     assert rotating[0].harvest > steady[0].harvest
 
 
+def test_a_new_account_asking_for_reasoning_shows_it_from_its_fifth_request():
+    p = DetectionPipeline(signals=["elicitation", "long_completions"])
+    for i in range(5):
+        p.observe(event("new", T0 + 30 * i, f"Question {i} about tides. Think step by step "
+                        "and show your reasoning.", i=i, out=1000))
+        if i == 3:
+            assert reading(p, "new", "elicitation") is None
+    assert reading(p, "new", "elicitation") == 1.0
+    assert reading(p, "new", "long_completions") is not None
+
+
 def test_a_key_burst_whose_members_rotate_agents_is_one_burst():
     """Keys made together are split by the agent each member sends with; a member that
     rotates its agent has none, so the burst's rotating members stay together (before,
