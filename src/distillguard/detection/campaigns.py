@@ -296,7 +296,7 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
     # A member that rotates its agent has no agent of its own to split by (its most
     # used one is whichever of its list came up most): the rotating members of a burst
     # are one bucket.
-    rotating = set(_rotating_members(list(members), members))
+    rotating = _rotating_members(members)
     timed = sorted((t, a) for a, t in key_times.items() if a in members)
     gap = burst_gap([t for t, _ in timed])
     run: list[str] = []
@@ -350,8 +350,9 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
             continue
         accts.sort()
         campaign = _score(accts, members, kinds_of, baselines, n_topics, combine,
-                          pooled_states(accts, signals, states, min_events), as_of)
-        parts = _apart(accts, hard, key_times, members, now)
+                          pooled_states(accts, signals, states, min_events), as_of,
+                          rotating=rotating)
+        parts = _apart(accts, hard, key_times, rotating, now)
         if parts:
             apart = {a for part in parts for a in part}
             campaign = dataclasses.replace(
@@ -364,34 +365,35 @@ def find_campaigns(members: dict[str, tuple[int, Profile, dict[str, tuple[Any, f
                     inner = _kinds_within(part, index)
                     campaigns.append(_score(part, members, inner, baselines, n_topics,
                                             combine, pooled_states(part, signals, states,
-                                                                   min_events), as_of))
+                                                                   min_events), as_of,
+                                            rotating=rotating))
         campaigns.append(campaign)
     campaigns.sort(key=lambda c: (-c.risk, -len(c.members)))
     return campaigns
 
 
 def _hard_parts(accts: list[str], hard: _UnionFind,
-                members: dict[str, Any]) -> list[list[str]]:
+                rotating: frozenset[str]) -> list[list[str]]:
     """The group split by the evidence no outsider can copy (``hard``: the union of
-    ``HARD_KINDS`` buckets), its members that each rotate joined into one part; each
-    part sorted."""
+    ``HARD_KINDS`` buckets), its members that each rotate (``rotating``) joined into
+    one part; each part sorted."""
     parts: dict[Any, list[str]] = defaultdict(list)
     for a in accts:
         parts[hard.find(a)].append(a)
-    rotating = _rotating_members(accts, members)
-    if len(rotating) >= MIN_MEMBERS:
-        roots = {hard.find(a) for a in rotating}
+    rotating_here = [a for a in accts if a in rotating]
+    if len(rotating_here) >= MIN_MEMBERS:
+        roots = {hard.find(a) for a in rotating_here}
         joined = [a for r in roots for a in parts.pop(r)]
         parts[None] = joined
     return [sorted(p) for p in parts.values()]
 
 
 def _apart(accts: list[str], hard: _UnionFind, key_times: dict[str, float],
-           members: dict[str, Any], now: float) -> list[list[str]]:
+           rotating: frozenset[str], now: float) -> list[list[str]]:
     """The parts of the group (``_hard_parts``) whose every key is established: tied to
     the rest only by evidence an outsider can copy, they are judged apart. None when the
     group is one part: then nothing ties it by copyable evidence alone."""
-    parts = _hard_parts(accts, hard, members)
+    parts = _hard_parts(accts, hard, rotating)
     if len(parts) < 2:
         return []
     return [p for p in parts if all(_established(a, key_times, now) for a in p)]
@@ -510,7 +512,8 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
            baselines: dict[str, Baseline], n_topics: int,
            combine: Callable[[dict[str, float]], float],
            pooled_strengths: dict[str, tuple[Any, float]] | None = None,
-           as_of: dict[str, tuple[Any, str]] | None = None) -> Campaign:
+           as_of: dict[str, tuple[Any, str]] | None = None, *,
+           rotating: frozenset[str] = frozenset()) -> Campaign:
     evidence = []
     for kind in ("shared_template", "shared_infrastructure", "key_burst", "shared_signup"):
         having = [a for a in accts if kind in kinds_of[a]]
@@ -542,7 +545,7 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
                                      f"{str(client[0])[:60]!r})"))
     if as_of:
         evidence += _shared_asn(accts, as_of, kinds_of, own_kinds)
-    evidence += _rotating(accts, members, own_kinds)
+    evidence += _rotating(accts, rotating, own_kinds)
     # Synchronised timing: mean MinHash agreement of active minutes across members.
     sigs = [members[a][1].timing_signature() for a in accts]
     sigs = [s for s in sigs if s is not None]
@@ -636,32 +639,30 @@ def _score(accts: list[str], members: dict[str, Any], kinds_of: dict[str, set[st
                     events, {g: round(v, 4) for g, v in groups.items()}, core)
 
 
-def _rotating(accts: list[str], members: dict[str, Any],
+def _rotating(accts: list[str], rotating: frozenset[str],
               own_kinds: dict[str, int]) -> list[Evidence]:
     """Evidence that members each rotate where they send from (nearly every request
     from an address prefix and user agent the account had not used): one operator's
     rented proxies or agent list. Like a client fingerprint it only adds to a group
     other evidence formed, since a lone account may rotate for its own reasons."""
-    rotating = _rotating_members(accts, members)
-    if len(rotating) < MIN_MEMBERS:
+    here = [a for a in accts if a in rotating]
+    if len(here) < MIN_MEMBERS:
         return []
-    for a in rotating:
+    for a in here:
         own_kinds[a] += 1
-    share = len(rotating) / len(accts)
+    share = len(here) / len(accts)
     return [Evidence("rotating_clients", LINK_WEIGHTS["rotating_clients"] * share,
-                     f"{len(rotating)} of {len(accts)} accounts send nearly every request "
+                     f"{len(here)} of {len(accts)} accounts send nearly every request "
                      f"from an address prefix and user agent they had not used before (a "
                      f"rotating proxy pool or agent list)")]
 
 
-def _rotating_members(accts: list[str], members: dict[str, Any]) -> list[str]:
-    """The members whose ``client_churn`` reaches ``ROTATING_CHURN``."""
-    out = []
-    for a in accts:
-        reading = members[a][2].get("client_churn")
-        if reading is not None and reading[1] >= ROTATING_CHURN:
-            out.append(a)
-    return out
+def _rotating_members(members: dict[str, Any]) -> frozenset[str]:
+    """The accounts whose ``client_churn`` reaches ``ROTATING_CHURN`` (found once per
+    ``find_campaigns``: the burst buckets, the evidence and the hard parts all read it)."""
+    return frozenset(a for a, (_, _, readings) in members.items()
+                     if (r := readings.get("client_churn")) is not None
+                     and r[1] >= ROTATING_CHURN)
 
 
 def _shared_asn(accts: list[str], as_of: dict[str, tuple[Any, str]],

@@ -67,7 +67,7 @@ def admit(policy: PolicyEngine, ctx: RequestContext, *,
 
 def _by_allowance(policy: PolicyEngine, author: str) -> bool:
     """Whether a throttle was set by a new-account allowance rule (``Rule.max_age``)."""
-    return any(author == f"rule:{r.name}" for r in policy.rules if r.max_age is not None)
+    return any(author == r.author for r in policy.rules if r.max_age is not None)
 
 
 async def check_rate(limiter: RateLimiter, ctx: RequestContext) -> None:

@@ -234,7 +234,7 @@ class PolicyEngine:
                                                           snapshot.observed_rpm.get(account))
                 reason = f"{reason} [{note}]"
             changed.append(self.set_action(
-                account, rule.action, reason=reason, author=f"rule:{rule.name}",
+                account, rule.action, reason=reason, author=rule.author,
                 ttl=rule.ttl, rate_factor=rate_factor))
         return changed
 

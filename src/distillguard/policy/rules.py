@@ -70,6 +70,12 @@ class Rule:
     allowance: float = 0.0
     allowance_per_day: float = 0.0
 
+    @property
+    def author(self) -> str:
+        """The author of the actions this rule sets (what admission and the audit log
+        read them by)."""
+        return f"rule:{self.name}"
+
     def allowance_at(self, age_s: float) -> float:
         """Completion tokens an account of this age may have been served (``max_age``)."""
         return self.allowance + self.allowance_per_day * age_s / 86400.0
