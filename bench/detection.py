@@ -26,8 +26,9 @@ Streams (simulated time, 2 hours; prompts from real ShareGPT first turns):
 - a 50-account swarm: each ~1 request per 1-2 minutes (under a 10 RPM limit), keys
   created in one burst, one client library, proxy addresses, a shared wrapper template,
   topics split between members, moderate max_tokens.
-Detection runs every --interval simulated seconds (refresh + policy rules), as in the
-gateway. Usage: python bench/detection.py [--hours 12] [--budget 8] [--embeddings]
+Detection runs every --interval simulated seconds (refresh + policy rules), by default
+as often as the gateway runs it (the ``detection_interval`` setting, 10 s).
+Usage: python bench/detection.py [--hours 12] [--budget 8] [--embeddings]
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def test_split(args) -> dict:
 
     hours = args.hours
     base = Settings.load(env={}).replace(detection_embedding_sample=args.embedding_sample)
-    m = run_scenario(build(args.split, duration=hours * 3600.0,
+    m = run_scenario(build(args.split, duration=hours * 3600.0, interval=args.interval,
                            people_scale=args.people_scale), progress=False,
                      embeddings=args.embeddings, base_settings=base,
                      embedding_cache=args.embedding_cache)
@@ -311,7 +312,7 @@ def adaptive(args) -> None:
               f"benign acted {t.benign_acted}/{t.benign}", flush=True)
 
     trials = search(budget=args.budget, duration=args.search_hours * 3600.0, seed=args.seed,
-                    log=log, aged=args.aged_accounts)
+                    log=log, aged=args.aged_accounts, interval=args.interval)
 
     def report(what: str, best) -> None:
         print(f"{what}: {best.params}\n  undetected haul "
@@ -356,6 +357,12 @@ def main() -> int:
                     help="the split the first table runs (calibration: to check that no "
                     "benign account of the split the thresholds came from is acted on)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--interval", type=float,
+                    default=Settings.load(env={}).detection_interval,
+                    help="simulated seconds between detection rounds in the split, "
+                    "adaptive and --calibrate runs (default: the detection_interval "
+                    "setting's default, as the gateway runs them; the README's figures "
+                    "from before this option ran at 60)")
     ap.add_argument("--aged-accounts", action="store_true", help="adaptive attacker: bought "
                     "accounts (45 or 180 days old) in its search space")
     ap.add_argument("--people-scale", type=float, default=1.0, help="test split: multiply "
@@ -372,10 +379,10 @@ def main() -> int:
         from distillguard.detection.calibration import calibrate, save_calibration
 
         data = calibrate(embeddings=args.embeddings, embedding_sample=args.embedding_sample,
-                         embedding_cache=args.embedding_cache)
+                         embedding_cache=args.embedding_cache, interval=args.interval)
         if args.embeddings:
             # Detection without embeddings gets thresholds of its own (policy.rules).
-            lexical = calibrate()
+            lexical = calibrate(interval=args.interval)
             data["without_embeddings"] = {k: lexical[k] for k in (
                 "split", "fp_rate", "benign_accounts", "duration_s", "margin", "note",
                 "rules", "attack_accounts_above", "attack_accounts")}

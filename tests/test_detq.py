@@ -235,3 +235,19 @@ def test_priors_and_reference_share_no_conversation_with_the_evaluation():
     assert first_unused <= start < end
     # The prompt-distribution reference is built from file index 16,000 on.
     assert end <= 16000
+
+
+def test_the_adaptive_run_acts_at_the_interval_it_is_given():
+    from distillguard.simulate.adaptive import evaluate
+
+    # The gateway's detection job runs every 10 s by default (``detection_interval``);
+    # the evaluation used to run a round a minute only. A plain reasoning harvester is
+    # refused at the first round after it shows, so a shorter interval serves it less.
+    point = {"accounts": 1, "per_account_rpm": 20.0, "cover_share": 0.0,
+             "elicit_share": 1.0, "template": True, "human_timing": False, "rotate": False,
+             "pivot": False, "signup_spread": 60.0, "max_tokens": 4096, "greedy": False,
+             "pad": 0}
+    slow, fast = (evaluate(point, duration=900.0, seed=0, background=[], interval=i)
+                  for i in (60.0, 10.0))
+    assert slow.accounts_acted == fast.accounts_acted == 1
+    assert fast.haul_responses < slow.haul_responses

@@ -50,8 +50,11 @@ def threshold(scores: list[float], fp_rate: float, margin: float = MARGIN) -> fl
 def calibrate(*, duration: float = 86400.0, fp_rate: float = FP_RATE,
               progress: bool = False, embeddings: bool = False,
               embedding_sample: float = 1.0,
-              embedding_cache: str | None = None) -> dict[str, Any]:
+              embedding_cache: str | None = None,
+              interval: float = 60.0) -> dict[str, Any]:
     """Run the calibration split with no rules; return the calibration (see module).
+    A detection round every ``interval`` simulated seconds; each benign score is its
+    highest over the rounds, so a shorter interval can only raise it.
 
     ``embeddings`` turns the MiniLM embedding signals on (``embedding_sample``: the
     share of prompts embedded; ``embedding_cache``: embeddings saved by
@@ -61,7 +64,7 @@ def calibrate(*, duration: float = 86400.0, fp_rate: float = FP_RATE,
     from distillguard.simulate.runner import Traffic
     from distillguard.simulate.splits import build
 
-    traffic = Traffic.generate(build("calibration", duration=duration))
+    traffic = Traffic.generate(build("calibration", duration=duration, interval=interval))
     base = Settings.load(env={}).replace(detection_embedding_sample=embedding_sample)
     run = ReplayRun(traffic, progress=progress, embeddings=embeddings, base_settings=base,
                     embedding_cache=embedding_cache)
@@ -135,7 +138,7 @@ def calibrate(*, duration: float = 86400.0, fp_rate: float = FP_RATE,
         }
     return {
         "split": "calibration", "fp_rate": fp_rate, "benign_accounts": n,
-        "duration_s": duration, "margin": MARGIN, "note": note,
+        "duration_s": duration, "interval_s": interval, "margin": MARGIN, "note": note,
         "embeddings": embeddings, "embedding_sample": embedding_sample,
         "signals": signals,
         "rules": {

@@ -104,8 +104,9 @@ class Trial:
 
 def evaluate(params: dict[str, Any], *, duration: float, seed: int,
              background: list[tuple[str, str, dict[str, Any]]] | None = None,
-             base_settings: Any = None) -> Trial:
-    """Run one candidate in replay and score it."""
+             base_settings: Any = None, interval: float = 60.0) -> Trial:
+    """Run one candidate in replay and score it (a detection round every ``interval``
+    simulated seconds)."""
     from distillguard.simulate.replay import ReplayRun
     from distillguard.simulate.runner import Traffic
     from distillguard.simulate.splits import build
@@ -117,7 +118,7 @@ def evaluate(params: dict[str, Any], *, duration: float, seed: int,
                                              * share)))
     scenario = build("test", duration=duration, seed=seed, attackers=False,
                      benign=False, extra=(BACKGROUND if background is None else background)
-                     + [("t_adaptive", "adaptive", p)])
+                     + [("t_adaptive", "adaptive", p)], interval=interval)
     traffic = Traffic.generate(scenario)
     run = ReplayRun(traffic, base_settings=base_settings, progress=False)
     try:
@@ -137,7 +138,8 @@ def evaluate(params: dict[str, Any], *, duration: float, seed: int,
 
 def search(*, budget: int = 12, duration: float = 6 * 3600.0, seed: int = 0,
            explore: float = 0.5, log: Callable[[Trial], None] | None = None,
-           base_settings: Any = None, aged: bool = False) -> list[Trial]:
+           base_settings: Any = None, aged: bool = False,
+           interval: float = 60.0) -> list[Trial]:
     """Random search (``explore`` of the budget), then (1+1)-ES around the best;
     ``aged``: bought accounts' age is a parameter too. Returns every trial, best
     (largest undetected haul) first."""
@@ -147,7 +149,8 @@ def search(*, budget: int = 12, duration: float = 6 * 3600.0, seed: int = 0,
     for i in range(budget):
         point = sample(rng, aged) if best is None or i < budget * explore \
             else mutate(rng, best.params)
-        trial = evaluate(point, duration=duration, seed=seed + i, base_settings=base_settings)
+        trial = evaluate(point, duration=duration, seed=seed + i, base_settings=base_settings,
+                         interval=interval)
         trials.append(trial)
         if log is not None:
             log(trial)
