@@ -184,10 +184,13 @@ def test_calibrated_rules_say_how_they_were_set():
 def test_splits_never_meet():
     from distillguard.simulate.splits import CORPUS, build
 
-    cal, test = build("calibration"), build("test")
-    assert not {t[0] for t in cal.tables} & {t[0] for t in test.tables}
+    cal, test, fresh = build("calibration"), build("test"), build("fresh")
+    kinds = [{t[0] for t in s.tables} for s in (cal, test, fresh)]
+    assert not kinds[0] & kinds[1] and not kinds[2] & (kinds[0] | kinds[1])
     (a0, an), (b0, _) = CORPUS["calibration"], CORPUS["test"]
-    assert a0 + an <= b0 and test.held_out and not cal.held_out
+    assert a0 + an <= b0 and test.held_out and fresh.held_out and not cal.held_out
+    # The fresh split's strategies are new; its conversations are the test split's.
+    assert CORPUS["fresh"] == CORPUS["test"]
 
 
 def test_adaptive_search_space_stays_in_bounds():

@@ -1,4 +1,4 @@
-"""The evaluation's two splits, which never meet.
+"""The evaluation's splits: the first two never meet.
 
 - ``calibration``: the strategies of ``simulate.strategies`` and the benign populations
   of ``simulate.populations``, on ShareGPT conversations 0..4000 (filtered). Detection's
@@ -8,6 +8,10 @@
   from the calibration ones, on ShareGPT conversations 4000..8000. Figures reported as
   held out come from this split only; the adaptive attacker (``simulate.adaptive``)
   searches in its world.
+- ``fresh``: the strategies and benign populations of ``simulate.fresh``, written by
+  someone else in one go without running detection on them, after the test split had
+  been looked at many times. On the test split's conversations (the strategies are what
+  is new); its kinds meet neither other split's. Looked at once, to report.
 
 The splits' 8000 filtered conversations end at file index 9354. The priors
 (``detection/priors.json``) are built from the records after it
@@ -23,8 +27,8 @@ from typing import Any
 from distillguard.simulate.populations import DAY, Model, population_kinds
 from distillguard.simulate.scenario import DEFAULT_START, Scenario
 
-SPLITS = ("calibration", "test")
-CORPUS = {"calibration": (0, 4000), "test": (4000, 4000)}
+SPLITS = ("calibration", "test", "fresh")
+CORPUS = {"calibration": (0, 4000), "test": (4000, 4000), "fresh": (4000, 4000)}
 
 
 def _tables(items: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str,
@@ -76,6 +80,11 @@ def build(split: str, *, duration: float = DAY, seed: int | None = None,
                                                    "signup_spread": 4 * DAY,
                                                    "rotate": False})]
         seed = 11 if seed is None else seed
+    elif split == "fresh":
+        from distillguard.simulate.fresh import ATTACKS, PEOPLE
+
+        people, attacks = list(PEOPLE), list(ATTACKS)
+        seed = 31 if seed is None else seed
     else:
         people = [("t_student", "people", {"accounts": 200, "show_work": 0.1,
                                            "sessions_per_day": 1.0}),
@@ -106,6 +115,6 @@ def build(split: str, *, duration: float = DAY, seed: int | None = None,
     return Scenario(
         name=f"{split}-split", description=f"the evaluation's {split} split",
         source=f"split:{split}", duration=duration, start=start, seed=seed,
-        detection_interval=interval, held_out=split == "test",
+        detection_interval=interval, held_out=split != "calibration",
         models=[Model("sim-model", start), Model("sim-model-2", start + duration / 2)],
         settings={}, policy=None, tables=_tables(items), corpus=size, corpus_offset=offset)

@@ -391,5 +391,7 @@ class ModelReleaseShift(Campaign):
                                  self.name)
 
 
-# The evaluation's test split registers its own populations in the same registry.
+# The evaluation's test and fresh splits register their own populations in the same
+# registry.
+import distillguard.simulate.fresh  # noqa: E402, F401
 import distillguard.simulate.heldout  # noqa: E402, F401
