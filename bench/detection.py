@@ -251,7 +251,9 @@ def test_split(args) -> dict:
     emb = (f"embeddings on ({args.embedding_sample:.0%} of prompts)" if args.embeddings
            else "embeddings off")
     title = {"test": "Test split (held out)", "calibration": "Calibration split",
-             "fresh": "Fresh split (held out, written without running detection)"}[args.split]
+             "fresh": "Fresh split (held out, written without running detection)",
+             "fresh2": "Second fresh split (held out, written without running detection)"
+             }[args.split]
     if args.people_scale != 1.0:
         title += f", people x{args.people_scale:g}"
     print(f"\n## {title}, {hours:g} h simulated, replay, default calibrated "
@@ -354,10 +356,12 @@ def main() -> int:
     ap.add_argument("--only", choices=("test", "adaptive", "throughput"), default=None)
     ap.add_argument("--calibrate", action="store_true", help="re-run the calibration split "
                     "and rewrite detection/calibration.json, then stop")
-    ap.add_argument("--split", choices=("test", "calibration", "fresh"), default="test",
+    ap.add_argument("--split", choices=("test", "calibration", "fresh", "fresh2"),
+                    default="test",
                     help="the split the first table runs (calibration: to check that no "
                     "benign account of the split the thresholds came from is acted on; "
-                    "fresh: strategies written without running detection on them)")
+                    "fresh, fresh2: strategies written without running detection on "
+                    "them)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--interval", type=float,
                     default=Settings.load(env={}).detection_interval,

@@ -184,13 +184,17 @@ def test_calibrated_rules_say_how_they_were_set():
 def test_splits_never_meet():
     from distillguard.simulate.splits import CORPUS, build
 
-    cal, test, fresh = build("calibration"), build("test"), build("fresh")
-    kinds = [{t[0] for t in s.tables} for s in (cal, test, fresh)]
-    assert not kinds[0] & kinds[1] and not kinds[2] & (kinds[0] | kinds[1])
+    cal, test, fresh, fresh2 = (build(s) for s in ("calibration", "test", "fresh",
+                                                      "fresh2"))
+    kinds = [{t[0] for t in s.tables} for s in (cal, test, fresh, fresh2)]
+    assert not kinds[0] & kinds[1]
+    assert not kinds[2] & (kinds[0] | kinds[1]) and not kinds[3] & (kinds[0] | kinds[1]
+                                                                      | kinds[2])
     (a0, an), (b0, _) = CORPUS["calibration"], CORPUS["test"]
-    assert a0 + an <= b0 and test.held_out and fresh.held_out and not cal.held_out
-    # The fresh split's strategies are new; its conversations are the test split's.
-    assert CORPUS["fresh"] == CORPUS["test"]
+    assert a0 + an <= b0 and not cal.held_out
+    assert test.held_out and fresh.held_out and fresh2.held_out
+    # The fresh splits' strategies are new; their conversations are the test split's.
+    assert CORPUS["fresh"] == CORPUS["fresh2"] == CORPUS["test"]
 
 
 def test_adaptive_search_space_stays_in_bounds():

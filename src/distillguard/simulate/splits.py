@@ -12,6 +12,8 @@
   someone else in one go without running detection on them, after the test split had
   been looked at many times. On the test split's conversations (the strategies are what
   is new); its kinds meet neither other split's. Looked at once, to report.
+- ``fresh2``: the same again by another hand (``simulate.fresh2``), written without
+  reading ``heldout`` or ``fresh``, run once after ``fresh`` had been looked at.
 
 The splits' 8000 filtered conversations end at file index 9354. The priors
 (``detection/priors.json``) are built from the records after it
@@ -27,8 +29,9 @@ from typing import Any
 from distillguard.simulate.populations import DAY, Model, population_kinds
 from distillguard.simulate.scenario import DEFAULT_START, Scenario
 
-SPLITS = ("calibration", "test", "fresh")
-CORPUS = {"calibration": (0, 4000), "test": (4000, 4000), "fresh": (4000, 4000)}
+SPLITS = ("calibration", "test", "fresh", "fresh2")
+CORPUS = {"calibration": (0, 4000), "test": (4000, 4000), "fresh": (4000, 4000),
+          "fresh2": (4000, 4000)}
 
 
 def _tables(items: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str,
@@ -81,10 +84,15 @@ def build(split: str, *, duration: float = DAY, seed: int | None = None,
                                                    "rotate": False})]
         seed = 11 if seed is None else seed
     elif split == "fresh":
-        from distillguard.simulate.fresh import ATTACKS, PEOPLE
+        from distillguard.simulate import fresh
 
-        people, attacks = list(PEOPLE), list(ATTACKS)
+        people, attacks = list(fresh.PEOPLE), list(fresh.ATTACKS)
         seed = 31 if seed is None else seed
+    elif split == "fresh2":
+        from distillguard.simulate import fresh2
+
+        people, attacks = list(fresh2.PEOPLE), list(fresh2.ATTACKS)
+        seed = 41 if seed is None else seed
     else:
         people = [("t_student", "people", {"accounts": 200, "show_work": 0.1,
                                            "sessions_per_day": 1.0}),

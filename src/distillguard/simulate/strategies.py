@@ -394,4 +394,5 @@ class ModelReleaseShift(Campaign):
 # The evaluation's test and fresh splits register their own populations in the same
 # registry.
 import distillguard.simulate.fresh  # noqa: E402, F401
+import distillguard.simulate.fresh2  # noqa: E402, F401
 import distillguard.simulate.heldout  # noqa: E402, F401
