@@ -481,7 +481,7 @@ class IdeSweep(Campaign):
                         (lang, ext, cm), c, task = order[sent % len(order)]
                         other = rng.choice([x[0] for x in _CODE_LANGS if x[0] != lang])
                         stub = (f"{cm} file: src/{c.replace(' ', '_').lower()}.{ext}\n"
-                                f"{cm} TODO: {c}\n")
+                                f"{cm} to implement: {c}\n")
                         text = (f"```{lang.lower()}\n{stub}```\n\n"
                                 f"{task.format(c=c, l=lang, l2=other)}")
                     yield SimRequest(t, account, (("system", _IDE_SYSTEM), ("user", text)),
