@@ -8,8 +8,8 @@
   from the calibration ones, on ShareGPT conversations 4000..8000. Figures reported as
   held out come from this split only; the adaptive attacker (``simulate.adaptive``)
   searches in its world.
-- ``fresh``: the strategies and benign populations of ``simulate.fresh``, written by
-  someone else in one go without running detection on them, after the test split had
+- ``fresh``: the strategies and benign populations of ``simulate.fresh``, written by a
+  helper agent in one go without running detection on them, after the test split had
   been looked at many times. On the test split's conversations (the strategies are what
   is new); its kinds meet neither other split's. Looked at once, to report.
 - ``fresh2``: the same again by another hand (``simulate.fresh2``), written without
@@ -24,6 +24,7 @@ shares a conversation with either split.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from distillguard.simulate.populations import DAY, Model, population_kinds
@@ -32,6 +33,9 @@ from distillguard.simulate.scenario import DEFAULT_START, Scenario
 SPLITS = ("calibration", "test", "fresh", "fresh2")
 CORPUS = {"calibration": (0, 4000), "test": (4000, 4000), "fresh": (4000, 4000),
           "fresh2": (4000, 4000)}
+# The splits written apart, each by a helper that ran no detection (module: its
+# default seed).
+WRITTEN_APART = {"fresh": 31, "fresh2": 41}
 
 
 def _tables(items: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str,
@@ -51,6 +55,8 @@ def build(split: str, *, duration: float = DAY, seed: int | None = None,
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     population_kinds()  # registers every population kind
     offset, size = CORPUS[split]
+    people: list[tuple[str, str, dict[str, Any]]]
+    attacks: list[tuple[str, str, dict[str, Any]]]
     if split == "calibration":
         people = [("casual", "casual", {"accounts": 300}),
                   ("casual", "power-users", {"accounts": 40, "sessions_per_day": 6.0,
@@ -83,16 +89,11 @@ def build(split: str, *, duration: float = DAY, seed: int | None = None,
                                                    "signup_spread": 4 * DAY,
                                                    "rotate": False})]
         seed = 11 if seed is None else seed
-    elif split == "fresh":
-        from distillguard.simulate import fresh
-
-        people, attacks = list(fresh.PEOPLE), list(fresh.ATTACKS)
-        seed = 31 if seed is None else seed
-    elif split == "fresh2":
-        from distillguard.simulate import fresh2
-
-        people, attacks = list(fresh2.PEOPLE), list(fresh2.ATTACKS)
-        seed = 41 if seed is None else seed
+    elif split in WRITTEN_APART:
+        # Each is a module of its own name that lists its tables.
+        module = importlib.import_module(f"distillguard.simulate.{split}")
+        people, attacks = list(module.PEOPLE), list(module.ATTACKS)
+        seed = WRITTEN_APART[split] if seed is None else seed
     else:
         people = [("t_student", "people", {"accounts": 200, "show_work": 0.1,
                                            "sessions_per_day": 1.0}),
